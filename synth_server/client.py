@@ -1,0 +1,267 @@
+"""Trainer-side stream client: an iterator of batches from the broker.
+
+A background thread owns the ZeroMQ DEALER socket (sockets are not thread-safe): it sends
+"hello", waits for "welcome", keeps ``prefetch`` batches requested-or-queued, validates every
+batch against the welcome spec and reconnects with exponential backoff when the broker goes
+silent. The consumer only touches a queue; its waiting time is measured.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from synth_server.protocol import (
+    DEFAULT_MAX_BATCH_BYTES, MAX_HEADER_BYTES, BatchSpec, ProtocolError, decode, decode_batch,
+    encode, from_wire,
+)
+
+log = logging.getLogger(__name__)
+_client_numbers = itertools.count()
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """One batch as sent: ``stems`` is ``(batch, stems, window)`` in ``spec.dtype``."""
+
+    spec: BatchSpec
+    stems: np.ndarray
+    chunks: list[dict]
+
+    def stems_f32(self) -> np.ndarray:
+        """``(batch, stems, window)`` float32."""
+        return from_wire(self.stems)
+
+    def mixture_f32(self) -> np.ndarray:
+        """``(batch, window)`` float32: the sum of the stems."""
+        return self.stems_f32().sum(axis=1)
+
+    def to_torch(self, device="cpu"):
+        """``(mixture (batch, window), stems (batch, stems, window))`` float32 on ``device``.
+
+        The wire array goes to the device in its wire dtype and is cast there; the mixture
+        is the sum of the stems.
+        """
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # read-only buffers are never written
+            raw = torch.from_numpy(self.stems)
+        if self.stems.dtype == np.float32:
+            stems = raw.to(device, copy=True)
+        elif self.stems.dtype == np.int16:
+            stems = raw.to(device).float().mul_(1.0 / 32767.0)
+        else:
+            stems = raw.to(device).float()
+        return stems.sum(dim=1), stems
+
+
+class StreamClient:
+    """Iterator over ``Batch`` objects from a broker at ``address`` (``tcp://host:port``).
+
+    ``prefetch``: batches requested-or-queued at any time (bounds memory). ``timeout``:
+    seconds of silence, while data is owed, before reconnecting. ``curve``: optional
+    ``(client_public, client_secret, server_public)`` Z85 keys (``zmq.curve_keypair()``).
+    Figures: ``batches`` (delivered), ``malformed`` (dropped), ``wait_seconds`` (consumer
+    time blocked in ``__next__``), ``decode_seconds`` (validation time), ``reconnects``.
+    """
+
+    def __init__(self, address: str, batch_size: int, prefetch: int = 4, timeout: float = 10.0,
+                 client_id: str | None = None, curve: tuple[bytes, bytes, bytes] | None = None,
+                 *, backoff_base: float = 1.0, backoff_cap: float = 30.0,
+                 max_bytes: int = DEFAULT_MAX_BATCH_BYTES):
+        if batch_size < 1 or prefetch < 1 or timeout <= 0:
+            raise ValueError(f"need batch_size >= 1, prefetch >= 1, timeout > 0 "
+                             f"(got {batch_size}, {prefetch}, {timeout})")
+        if curve is not None and len(curve) != 3:
+            raise ValueError("curve must be (client_public, client_secret, server_public)")
+        self.address, self.batch_size, self.prefetch, self.timeout = address, batch_size, prefetch, timeout
+        self.client_id = client_id or f"{socket.gethostname()}:{os.getpid()}:{next(_client_numbers)}"
+        self._curve, self._max_bytes = curve, max_bytes
+        self._backoff = (backoff_base, backoff_cap)
+        self.spec: BatchSpec | None = None
+        self.batches = self.malformed = self.reconnects = 0
+        self.wait_seconds = self.decode_seconds = 0.0
+        self._queue: queue.Queue[Batch] = queue.Queue()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._thread = threading.Thread(target=self._run, name="stream-client", daemon=True)
+        self._thread.start()
+
+    # ----- consumer side -----
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        start = time.perf_counter()
+        while True:
+            if self._stop.is_set():
+                raise StopIteration
+            if not self._thread.is_alive():
+                raise RuntimeError("stream client I/O thread died; see the log")
+            try:
+                batch = self._queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                continue
+        self.wait_seconds += time.perf_counter() - start
+        self.batches += 1
+        self._wake()
+        return batch
+
+    def close(self) -> None:
+        """Stop the I/O thread and release the socket; idempotent."""
+        if self._wake_w < 0:
+            return
+        self._stop.set()
+        self._wake()
+        self._thread.join(timeout=10.0)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_w = -1
+
+    def __enter__(self) -> StreamClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass   # the pipe is full (a wake-up is already pending) or closed
+
+    # ----- I/O thread -----
+
+    def _run(self) -> None:
+        ctx = zmq.Context()
+        try:
+            attempt = 0
+            while not self._stop.is_set():
+                answered = self._session(ctx)
+                if self._stop.is_set():
+                    break
+                attempt = 1 if answered else attempt + 1
+                backoff = min(self._backoff[1], self._backoff[0] * 2 ** (attempt - 1))
+                log.warning("no data from %s for %g s; reconnecting (attempt %d, backoff %g s)",
+                            self.address, self.timeout, attempt, backoff)
+                self.reconnects += 1
+                self._stop.wait(backoff)
+        finally:
+            ctx.term()
+
+    def _open(self, ctx: zmq.Context) -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max(self._max_bytes, MAX_HEADER_BYTES))
+        if self._curve is not None:
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self._curve
+        sock.connect(self.address)
+        return sock
+
+    def _session(self, ctx: zmq.Context) -> bool:
+        """One connection: hello, then serve credit until silence or stop.
+
+        Returns True when the broker answered (welcome or batch), which resets the backoff.
+        """
+        sock = self._open(ctx)
+        try:
+            sock.send_multipart(encode({"type": "hello", "role": "client", "id": self.client_id,
+                                        "pid": os.getpid(), "host": socket.gethostname()}))
+            return self._pump(sock)
+        except zmq.ZMQError as exc:
+            log.warning("socket error talking to %s: %s", self.address, exc)
+            return False
+        finally:
+            sock.close(linger=0)
+
+    def _pump(self, sock: zmq.Socket) -> bool:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        state = {"welcomed": False, "outstanding": 0, "alive": False}
+        last_rx = time.monotonic()
+        while not self._stop.is_set():
+            if state["welcomed"]:
+                self._grant(sock, state)
+            events = dict(poller.poll(100))
+            if self._wake_r in events:
+                self._drain_wake()
+            if sock in events:
+                last_rx = time.monotonic()
+                self._receive_all(sock, state)
+            owed = not state["welcomed"] or state["outstanding"] > 0
+            if not owed:
+                last_rx = time.monotonic()    # silence is expected while we hold no credit
+            elif time.monotonic() - last_rx > self.timeout:
+                return state["alive"]
+        return state["alive"]
+
+    def _grant(self, sock: zmq.Socket, state: dict) -> None:
+        want = self.prefetch - self._queue.qsize() - state["outstanding"]
+        if want > 0:
+            sock.send_multipart(encode({"type": "request", "credit": want,
+                                        "batch_size": self.batch_size}))
+            state["outstanding"] += want
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _receive_all(self, sock: zmq.Socket, state: dict) -> None:
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(frames, state)
+
+    def _handle(self, frames: list, state: dict) -> None:
+        start = time.perf_counter()
+        try:
+            header, payload = decode(frames)
+            kind = header["type"]
+            if kind == "welcome":
+                self._welcome(BatchSpec.from_header(header), state)
+            elif kind == "error":
+                log.warning("broker %s reports: %s", self.address, str(header.get("message"))[:500])
+            else:
+                state["outstanding"] = max(0, state["outstanding"] - 1)
+                self._accept_batch(header, payload, state)
+        except ProtocolError as exc:
+            self.malformed += 1
+            log.warning("dropped malformed message from %s (%d so far): %s",
+                        self.address, self.malformed, exc)
+        self.decode_seconds += time.perf_counter() - start
+
+    def _welcome(self, spec: BatchSpec, state: dict) -> None:
+        if self.spec is not None and spec != self.spec:
+            log.warning("broker %s changed its batch spec: %s", self.address, spec.mismatch(self.spec))
+        self.spec = spec
+        state["welcomed"] = state["alive"] = True
+
+    def _accept_batch(self, header: dict, payload, state: dict) -> None:
+        if header["type"] != "batch":
+            raise ProtocolError(f"unexpected {header['type']!r} message for a client")
+        if self.spec is None or not state["welcomed"]:
+            raise ProtocolError("batch before welcome")
+        spec, stems, chunks = decode_batch(header, payload, self.spec, self._max_bytes)
+        if stems.shape[0] != self.batch_size:
+            raise ProtocolError(f"batch of {stems.shape[0]} chunks, requested {self.batch_size}")
+        self._queue.put(Batch(spec, stems, chunks))
