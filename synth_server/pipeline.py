@@ -17,24 +17,24 @@ from .render import Renderer
 TAIL = 1.0  # seconds after the last note end that still belong to the song (release tails)
 
 
-def excerpt_starts(duration: int, audio: AudioConfig, chunks_per_excerpt: int,
-                   rng: np.random.Generator) -> tuple[list[int], int]:
-    """Plan the excerpts of a song of ``duration`` samples.
+def plan_excerpts(duration: int, audio: AudioConfig, chunks_per_excerpt: int,
+                  rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Plan the excerpt renders of a song of ``duration`` samples.
 
-    Excerpts tile the song (their target regions are contiguous, from a random phase) and come
-    back in random order. Returns (render start samples, chunks per excerpt); ([], 0) when not
-    even one chunk with its context fits in the song.
+    Chunk targets tile the song from a random sub-chunk phase; they are grouped into excerpts of
+    up to ``chunks_per_excerpt`` chunks (the first group has a random size, so excerpt
+    boundaries move between visits) and come back in random order as ``(render start sample,
+    chunks)``; an excerpt render is ``chunks * target + 2 * context`` samples. Empty when not
+    even one chunk with its context fits.
     """
-    n = min(chunks_per_excerpt, chunk_count(duration, audio))
-    if n <= 0:
-        return [], 0
-    span = n * audio.target
-    length = span + 2 * audio.context
-    last = duration - length
-    phase = int(rng.integers(0, min(span, last) + 1)) if last > 0 else 0
-    starts = list(range(phase, last + 1, span))
-    rng.shuffle(starts)
-    return starts, n
+    phase = int(rng.integers(0, audio.target))
+    total = chunk_count(duration - phase, audio)
+    if total <= 0 or chunks_per_excerpt <= 0:
+        return []
+    first = int(rng.integers(1, min(chunks_per_excerpt, total) + 1))
+    bounds = [0] + list(range(first, total, chunks_per_excerpt)) + [total]
+    plan = [(phase + a * audio.target, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [plan[i] for i in rng.permutation(len(plan))]
 
 
 def song_chunks(midi, song_id: str, renderer: Renderer, cfg: ChunkSourceConfig, rng: np.random.Generator,
@@ -48,15 +48,14 @@ def song_chunks(midi, song_id: str, renderer: Renderer, cfg: ChunkSourceConfig, 
     audio = cfg.audio
     duration = int((midi.get_end_time() + TAIL) * audio.sample_rate)
     per_excerpt = max(1, int(cfg.render.excerpt * audio.sample_rate) // audio.target)
-    starts, n = excerpt_starts(duration, audio, per_excerpt, rng)
-    if not starts:
+    plan = plan_excerpts(duration, audio, per_excerpt, rng)
+    if not plan:
         counters["songs_too_short"] += 1
         return
     soundfont = renderer.soundfont_for(song_id)
-    length = n * audio.target + 2 * audio.context
     kept = 0
-    for start in starts:
-        stems = renderer.render(midi, start, length, soundfont)
+    for start, n in plan:
+        stems = renderer.render(midi, start, n * audio.target + 2 * audio.context, soundfont)
         counters["excerpts"] += 1
         for chunk in chunk_and_filter(stems, song_id, start, audio, cfg.filter, counters):
             yield chunk

@@ -6,7 +6,7 @@ import pretty_midi
 import pytest
 
 from synth_server.config import DEFAULT_CLASSES, AudioConfig, ChunkSourceConfig, CorpusConfig, RenderConfig
-from synth_server.pipeline import excerpt_starts, song_chunks
+from synth_server.pipeline import plan_excerpts, song_chunks
 from synth_server.render import Renderer
 from synth_server.soundfont import resolve_soundfonts
 
@@ -37,11 +37,14 @@ def renderer():
 
 def test_excerpts_tile_the_song():
     rng = np.random.default_rng(1)
-    starts, n = excerpt_starts(100_000, AUDIO, 10, rng)
-    span = n * AUDIO.target
-    assert n == 10 and sorted(np.diff(sorted(starts))) == [span] * (len(starts) - 1)
-    assert min(starts) < span and max(starts) + span + 2 * AUDIO.context <= 100_000
-    assert excerpt_starts(2 * AUDIO.context + AUDIO.target - 1, AUDIO, 10, rng) == ([], 0)
+    for duration in (100_000, 37_123, 3 * AUDIO.context + 2 * AUDIO.target):
+        plan = plan_excerpts(duration, AUDIO, 10, rng)
+        targets = sorted(s + AUDIO.context + k * AUDIO.target for s, n in plan for k in range(n))
+        assert np.all(np.diff(targets) == AUDIO.target), "chunk targets must tile without gaps or overlaps"
+        assert targets[0] - AUDIO.context >= 0 and targets[-1] + AUDIO.target + AUDIO.context <= duration
+        assert duration - (targets[-1] + AUDIO.target + AUDIO.context) < 2 * AUDIO.target  # whole song used
+        assert all(1 <= n <= 10 for _, n in plan)
+    assert plan_excerpts(2 * AUDIO.context + AUDIO.target - 1, AUDIO, 10, rng) == []
 
 
 def test_chunks_are_the_songs_audio_at_their_offsets(renderer):
