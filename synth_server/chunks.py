@@ -89,7 +89,7 @@ def chunk_and_filter(stems: np.ndarray, song_id: str, start: int, audio: AudioCo
         yield Chunk(
             stems=stems[:, a:a + audio.window],
             song_id=song_id,
-            offset=start + audio.context + a,
+            offset=int(start + audio.context + a),
             figures={
                 "mix_db": round(float(figures["mix_db"][i]), 2),
                 "stem_db": [round(float(v), 2) for v in figures["stem_db"][i]],

@@ -105,12 +105,22 @@ class StreamClient:
         return self
 
     def __next__(self) -> Batch:
+        batch = self.get()
+        if batch is None:
+            raise StopIteration
+        return batch
+
+    def get(self, timeout: float | None = None) -> Batch | None:
+        """The next batch; None once closed. Raises TimeoutError after ``timeout`` seconds
+        without one (None: wait for ever, the I/O thread reconnecting as needed)."""
         start = time.perf_counter()
         while True:
             if self._stop.is_set():
-                raise StopIteration
+                return None
             if not self._thread.is_alive():
                 raise RuntimeError("stream client I/O thread died; see the log")
+            if timeout is not None and time.perf_counter() - start > timeout:
+                raise TimeoutError(f"no batch from {self.address} within {timeout:g} s")
             try:
                 batch = self._queue.get(timeout=0.1)
                 break

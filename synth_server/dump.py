@@ -128,7 +128,7 @@ def dump_from_corpus(cfg: ChunkSourceConfig, n: int, out: Path) -> tuple[list[Pa
             log.warning("skipping %s: %s", song.path, exc)
             continue
         sfont = renderer.soundfonts[renderer.soundfont_for(song.song_id)].name
-        programs = {name: sorted({inst.program for inst in insts})
+        programs = {name: sorted({int(inst.program) for inst in insts})
                     for name, insts in zip(names, renderer.class_instruments(midi))}
         for chunk in chunks[:n - len(folders)]:
             meta = {"song": song.song_id, "path": song.path, "offset": chunk.offset,
@@ -139,3 +139,33 @@ def dump_from_corpus(cfg: ChunkSourceConfig, n: int, out: Path) -> tuple[list[Pa
             break
     write_index(out, folders)
     return folders, counters
+
+
+def dump_from_stream(address: str, n: int, out: Path, timeout: float = 60.0, batch_size: int = 8) -> list[Path]:
+    """Tap a running server as a client and write ``n`` chunks as they are served.
+
+    Raises TimeoutError when the server sends nothing for ``timeout`` seconds.
+    """
+    from .client import StreamClient
+    from .protocol import from_wire
+
+    out.mkdir(parents=True, exist_ok=True)
+    folders: list[Path] = []
+    size = max(1, min(batch_size, n))
+    with StreamClient(address, batch_size=size, prefetch=2, timeout=min(timeout, 10.0),
+                      client_id=f"dump-{out.name}") as client:
+        while len(folders) < n:
+            batch = client.get(timeout=timeout)
+            if batch is None:
+                break
+            spec = batch.spec
+            audio = AudioConfig(sample_rate=spec.sample_rate, target=spec.target, context=spec.context)
+            for stems, meta in zip(from_wire(batch.stems), batch.chunks):
+                if len(folders) >= n:
+                    break
+                meta = {"song": meta["song"], "offset": meta["offset"], "uses": meta.get("uses"),
+                        "offset_seconds": round(meta["offset"] / spec.sample_rate, 4), "source": address,
+                        "dtype": spec.dtype}
+                folders.append(write_chunk(out, np.ascontiguousarray(stems), list(spec.stems), audio, meta))
+    write_index(out, folders)
+    return folders

@@ -33,7 +33,7 @@ def plan_excerpts(duration: int, audio: AudioConfig, chunks_per_excerpt: int,
         return []
     first = int(rng.integers(1, min(chunks_per_excerpt, total) + 1))
     bounds = [0] + list(range(first, total, chunks_per_excerpt)) + [total]
-    plan = [(phase + a * audio.target, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+    plan = [(int(phase + a * audio.target), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
     return [plan[i] for i in rng.permutation(len(plan))]
 
 
