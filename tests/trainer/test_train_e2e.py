@@ -1,0 +1,135 @@
+"""`trainer train` end to end against a real `synth-server serve` on loopback (tiny model, CPU):
+checkpoints, metrics rows, config.json, resume from 6 to 8, a clean stop on Ctrl-C."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pretty_midi
+import pytest
+import torch
+
+from trainer.checkpoint import load_checkpoint, load_separator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def busy_song(path: Path, seconds: float, shift: int) -> None:
+    """Drums, piano, strings and bass playing together all the way through."""
+    midi = pretty_midi.PrettyMIDI()
+    for program, drum, base in [(0, True, 36), (0, False, 60), (48, False, 67), (33, False, 40)]:
+        inst = pretty_midi.Instrument(program, is_drum=drum)
+        t = 0.0
+        while t < seconds:
+            inst.notes.append(pretty_midi.Note(90, base + (int(t * 3) + shift) % 5, t, t + 0.2 if drum else t + 0.45))
+            t += 0.25
+        midi.instruments.append(inst)
+    midi.write(str(path))
+
+
+@pytest.fixture
+def server(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        busy_song(corpus / f"song{i}.mid", 5.0, i)
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "synth_server", "serve", "--corpus", str(corpus), "--workers", "1",
+         "--pool-size", "64", "--port", "0", "--target", "1024", "--context", "256", "--excerpt", "1.0",
+         "--split", "train", "--jobs", "1", "--reuse", "2"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = None
+    deadline = time.monotonic() + 30
+    while address is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        log.seek(0)
+        m = re.search(r"broker on (tcp://[^\s:]+:\d+)", log.read())
+        address = m.group(1) if m else None
+    if address is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log.seek(0)
+        pytest.fail("serve did not start:\n" + log.read())
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    log.close()
+
+
+def train_args(address: str, run_dir: Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "trainer", "train", "--connect", address, "--model", "tiny",
+            "--steps", str(steps), "--batch-size", "4", "--checkpoint-every", "3", "--log-every", "2",
+            "--stats-every", "1", "--run-dir", str(run_dir), "--device", "cpu", "--timeout", "20",
+            "--give-up", "60", *extra]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_train_resume_and_ctrl_c(server, tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.run(train_args(server, run_dir, 6, "--remix"), cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "receptive field 67 samples" in first.stdout and "steps 0 -> 6" in first.stdout
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["last.pt", "step-00000003.pt", "step-00000006.pt"]
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    assert ckpt.step == 6 and ckpt.loss == "mae" and ckpt.model_config.stems == 4
+    assert (ckpt.spec.target, ckpt.spec.context, ckpt.spec.sample_rate) == (1024, 256, 44100)
+    assert ckpt.spec.stems == ("drums", "piano", "strings", "bass")
+    got = rows(run_dir)
+    assert [r["step"] for r in got] == [2, 4, 6]
+    for r in got:
+        assert all(torch.isfinite(torch.tensor(r[k])) for k in ("loss", "loss_drums", "loss_bass"))
+        assert 0 <= r["wait_share"] <= 1 and r["chunks_per_s"] == pytest.approx(4 * r["steps_per_s"])
+    assert any(r.get("reuse") == 2 for r in got)                    # R from the server's stats
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"] == "tiny" and config["remix"] is True and config["stream"]["context"] == 256
+    assert config["commit"] == (run_dir / "git.txt").read_text().strip() and config["commit"]
+
+    second = subprocess.run(train_args(server, run_dir, 8, "--resume"), cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "steps 6 -> 8" in second.stdout
+    assert load_checkpoint(run_dir / "last.pt").step == 8
+    assert [r["step"] for r in rows(run_dir)] == [2, 4, 6, 8]
+
+    proc = subprocess.Popen(train_args(server, run_dir, 100_000, "--resume"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while max(r["step"] for r in rows(run_dir)) < 12 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    stopped = load_checkpoint(run_dir / "last.pt").step
+    assert stopped >= 12 and f"steps 8 -> {stopped}" in out
+    model, _ = load_separator(run_dir / "last.pt")
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 1536), 1024).shape == (1, 4, 1024)
+
+
+def test_two_process_ddp_on_cpu(server, tmp_path):
+    run_dir = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           *train_args(server, run_dir, 4)[1:]]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout and done.stdout.count("steps 0 -> 4") == 1   # rank 0 reports
+    assert load_checkpoint(run_dir / "last.pt").step == 4
+    got = rows(run_dir)
+    assert [r["step"] for r in got] == [2, 4] and got[0]["chunks_per_s"] == pytest.approx(8 * got[0]["steps_per_s"])
+    stats = subprocess.run([sys.executable, "-m", "synth_server", "stats", "--connect", server, "--json"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=30)
+    clients = {c["id"]: c["chunks"] for c in json.loads(stats.stdout)["clients"]}
+    assert clients.get("rank0", 0) >= 16 and clients.get("rank1", 0) >= 16

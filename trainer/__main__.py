@@ -1,0 +1,6 @@
+"""``python -m trainer``: the `trainer` command line."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

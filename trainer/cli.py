@@ -1,0 +1,225 @@
+"""`trainer` command line: train (from a synth-server stream), eval, separate.
+
+Flags are parsed once into the typed configs of ``trainer.config``; torchrun's RANK /
+WORLD_SIZE / LOCAL_RANK are read here and nowhere else. Exit codes: 0 ok, 1 training failed
+(non-finite loss), 2 bad flags or configuration, 3 stream unreachable or silent, 130 stopped
+by Ctrl-C / SIGTERM (after saving a checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .config import AMP_MODES, COMPILE_MODES, DEVICES, DistConfig, EvalConfig, SeparateConfig, TrainConfig
+from .losses import LOSSES
+from .models import PRESETS
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_STREAM, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+def _error(message: str, code: int = EXIT_CONFIG) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """"1,1,0.5" -> (1.0, 1.0, 0.5); argparse turns the ValueError into a clear usage error."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    return values
+
+
+def _gain_range(text: str) -> tuple[float, float]:
+    values = _floats(text)
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {text!r}")
+    return values[0], values[1]
+
+
+def _env_int(env: dict, name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def dist_from_env(env: dict | None = None) -> DistConfig:
+    """The torchrun process layout from RANK / WORLD_SIZE / LOCAL_RANK (single process if unset)."""
+    env = os.environ if env is None else env
+    return DistConfig(rank=_env_int(env, "RANK", 0), world_size=_env_int(env, "WORLD_SIZE", 1),
+                      local_rank=_env_int(env, "LOCAL_RANK", 0))
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed ``train`` flags (ValueError for values that do not fit)."""
+    return TrainConfig(
+        connect=args.connect, run_dir=args.run_dir, model=args.model, loss=args.loss,
+        batch_size=args.batch_size, lr=args.lr, steps=args.steps, resume=args.resume, remix=args.remix,
+        remix_gain=args.remix_gain, stem_weights=args.stem_weights, device=args.device,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        log_every=args.log_every, audio_every=args.audio_every, stats_every=args.stats_every,
+        prefetch=args.prefetch, timeout=args.timeout, give_up=args.give_up,
+        torch_threads=args.torch_threads, compile=args.compile, amp=args.amp, seed=args.seed,
+        curve_keys=args.curve_keys)
+
+
+def _on_signals(stop: threading.Event) -> None:
+    """First Ctrl-C / SIGTERM: stop after the current step (checkpoint saved); second: abort."""
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print(f"\nsignal {signum}: stopping after this step (again to abort)", file=sys.stderr, flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import run_train
+
+    try:
+        cfg = train_config(args)
+        dist = dist_from_env()
+        curve = None
+        if cfg.curve_keys is not None:
+            from synth_server.serve_config import load_client_curve
+
+            curve = load_client_curve(cfg.curve_keys)
+    except (ValueError, OSError) as exc:
+        return _error(str(exc))
+    stop = threading.Event()
+    _on_signals(stop)
+    try:
+        summary = run_train(cfg, dist, stop=stop, curve=curve)
+    except TimeoutError as exc:
+        return _error(str(exc), EXIT_STREAM)
+    except FloatingPointError as exc:
+        return _error(str(exc), EXIT_FAILED)
+    except ValueError as exc:
+        return _error(str(exc))
+    if dist.is_main:
+        loss = "n/a" if summary.loss is None else f"{summary.loss:.5g}"
+        print(f"steps {summary.start_step} -> {summary.step}, last loss {loss}, data-wait share "
+              f"{summary.wait_share:.1%}, checkpoint {summary.checkpoint}", flush=True)
+    return EXIT_INTERRUPTED if summary.interrupted else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    try:
+        run_eval(EvalConfig(checkpoint=args.checkpoint, corpus=args.corpus, n=args.n, seed=args.seed,
+                            split=args.split, json_out=args.json_out, plot_out=args.plot_out,
+                            device=args.device, batch_size=args.batch_size, soundfont=args.soundfont))
+    except (ValueError, FileNotFoundError) as exc:
+        return _error(str(exc))
+    return 0
+
+
+def cmd_separate(args: argparse.Namespace) -> int:
+    from .separate import run_separate
+
+    try:
+        paths = run_separate(SeparateConfig(checkpoint=args.checkpoint, input=args.input, out=args.out,
+                                            device=args.device, window=args.window))
+    except (ValueError, FileNotFoundError) as exc:
+        return _error(str(exc))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a separator from a synth-server stream")
+    p.add_argument("--connect", required=True, help="broker address, e.g. tcp://127.0.0.1:5555")
+    p.add_argument("--run-dir", required=True, type=Path, help="checkpoints, metrics.jsonl, config.json, tb/")
+    p.add_argument("--model", default="seed", choices=sorted(PRESETS))
+    p.add_argument("--loss", default="mae", choices=sorted(LOSSES))
+    p.add_argument("--batch-size", type=_positive, default=12)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=_positive, default=100_000, help="total steps to reach (also on --resume)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--remix", action="store_true", help="random per-stem gain and sign for every use of a chunk")
+    p.add_argument("--remix-gain", type=_gain_range, default=(0.25, 1.25), metavar="LOW,HIGH")
+    p.add_argument("--stem-weights", type=_floats, default=None, metavar="W1,W2,...",
+                   help="loss weight per stem, in the stream's stem order")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--checkpoint-every", type=_positive, default=1000)
+    p.add_argument("--keep-checkpoints", type=_positive, default=3, help="numbered checkpoints kept besides last.pt")
+    p.add_argument("--log-every", type=_positive, default=50)
+    p.add_argument("--audio-every", type=int, default=1000, help="TensorBoard audio examples (0: none)")
+    p.add_argument("--stats-every", type=int, default=50, help="ask the server for stats (R) (0: never)")
+    p.add_argument("--prefetch", type=_positive, default=4, help="batches requested ahead")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the welcome; stream silence before reconnecting")
+    p.add_argument("--give-up", type=float, default=600.0, help="seconds without a batch before stopping")
+    p.add_argument("--torch-threads", type=_positive, default=None, help="default: 1 on CPU, PyTorch's on CUDA")
+    p.add_argument("--compile", default="auto", choices=COMPILE_MODES, help="torch.compile (auto: on CUDA)")
+    p.add_argument("--amp", default="auto", choices=AMP_MODES, help="bf16 autocast (auto: on CUDA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--curve-keys", type=Path, default=None, help="CURVE keys folder from `synth-server keygen`")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="SI-SDR of a checkpoint on held-out rendered chunks")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--corpus", required=True, type=Path, help="MIDI folder")
+    p.add_argument("--n", type=_positive, default=256, help="chunks to score")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--json", dest="json_out", type=Path, default=None, help="write the results as JSON")
+    p.add_argument("--plot", dest="plot_out", type=Path, default=None, help="write a plot (needs matplotlib)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--batch-size", type=_positive, default=16)
+    p.add_argument("--soundfont", type=Path, default=None)
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_separate(sub) -> None:
+    p = sub.add_parser("separate", help="split an audio file into stem WAVs")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--input", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--window", type=_positive, default=44100, help="target samples per model call")
+    p.set_defaults(func=cmd_separate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainer", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_separate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Typed configs of the trainer commands; parsed once in ``trainer/cli.py`` and passed down.
+
+Nothing below the CLI reads flags or environment variables: ``TrainConfig`` carries every
+training option and ``DistConfig`` the torchrun rank layout (read from RANK / WORLD_SIZE /
+LOCAL_RANK by the CLI only). ``resolve_device`` / ``resolve_amp`` / ``resolve_compile`` turn
+the "auto" settings into concrete ones.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .losses import LOSSES
+from .models import PRESETS
+
+DEVICES = ("auto", "cpu", "cuda")
+COMPILE_MODES = ("auto", "on", "off")
+AMP_MODES = ("auto", "bf16", "off")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``trainer train``: options of one training run (see docs/training.md).
+
+    ``steps`` is the total optimizer step to reach (a resumed run continues up to it).
+    ``stem_weights`` is one weight per stem or None (all 1). ``remix_gain`` is the
+    (low, high) range of the uniform per-stem gain drawn for every use of a chunk under
+    ``remix``; each stem also gets a random sign. ``torch_threads`` None means 1 on CPU and
+    PyTorch's default on CUDA. ``keep_checkpoints`` numbered checkpoints are kept besides
+    ``last.pt``; ``stats_every`` asks the server for its stats (R) every that many steps
+    (0: never). ``timeout``: seconds of stream silence before the client reconnects;
+    ``give_up``: seconds without any batch before training saves a checkpoint and stops.
+    """
+
+    connect: str
+    run_dir: Path
+    model: str = "seed"
+    loss: str = "mae"
+    batch_size: int = 12
+    lr: float = 1e-4
+    steps: int = 100_000
+    resume: bool = False
+    remix: bool = False
+    remix_gain: tuple[float, float] = (0.25, 1.25)
+    stem_weights: tuple[float, ...] | None = None
+    device: str = "auto"
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    audio_every: int = 1000
+    stats_every: int = 50
+    prefetch: int = 4
+    timeout: float = 30.0
+    give_up: float = 600.0
+    torch_threads: int | None = None
+    compile: str = "auto"
+    amp: str = "auto"
+    seed: int = 0
+    curve_keys: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.connect.startswith("tcp://") or ":" not in self.connect[6:]:
+            raise ValueError(f"--connect must look like tcp://HOST:PORT, got {self.connect!r}")
+        if self.model not in PRESETS:
+            raise ValueError(f"--model must be one of {sorted(PRESETS)}, got {self.model!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+        for name, value in (("device", self.device), ("compile", self.compile), ("amp", self.amp)):
+            allowed = {"device": DEVICES, "compile": COMPILE_MODES, "amp": AMP_MODES}[name]
+            if value not in allowed:
+                raise ValueError(f"--{name} must be one of {'|'.join(allowed)}, got {value!r}")
+        self._check_counts()
+        low, high = self.remix_gain
+        if not 0 <= low <= high:
+            raise ValueError(f"remix gain range must satisfy 0 <= low <= high, got {self.remix_gain}")
+        if self.stem_weights is not None and (not self.stem_weights or min(self.stem_weights) < 0):
+            raise ValueError(f"--stem-weights must be non-negative numbers, got {self.stem_weights}")
+        if not self.lr > 0 or not self.timeout > 0 or not self.give_up > 0:
+            raise ValueError(f"--lr, --timeout and --give-up must be > 0 "
+                             f"(got {self.lr}, {self.timeout}, {self.give_up})")
+
+    def _check_counts(self) -> None:
+        positive = ("batch_size", "steps", "checkpoint_every", "log_every", "prefetch", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                flag = name.replace("_", "-")
+                raise ValueError(f"--{flag} must be >= 1, got {getattr(self, name)}")
+        for name in ("audio_every", "stats_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"--torch-threads must be >= 1, got {self.torch_threads}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (paths as strings, tuples as lists)."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+            elif isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    """Process layout under torchrun: ``rank`` of ``world_size`` processes, ``local_rank`` on
+    this host (the CUDA device index). The default is a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size or self.local_rank < 0:
+            raise ValueError(f"bad process layout: rank {self.rank} of {self.world_size}, "
+                             f"local rank {self.local_rank}")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """"auto" -> cuda:<local_rank> when CUDA is available, else cpu; "cuda" without CUDA raises."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda but PyTorch sees no CUDA device")
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 for "bf16" and for "auto" on CUDA, None (fp32) otherwise."""
+    if mode == "bf16" or (mode == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def resolve_compile(mode: str, device: torch.device) -> bool:
+    """torch.compile on for "on", and for "auto" on CUDA."""
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """``trainer eval``: score a checkpoint on ``n`` chunks rendered from ``corpus`` (``split``)."""
+
+    checkpoint: Path
+    corpus: Path
+    n: int = 256
+    seed: int = 1234
+    split: str = "test"
+    json_out: Path | None = None
+    plot_out: Path | None = None
+    device: str = "auto"
+    batch_size: int = 16
+    soundfont: Path | None = None
+
+
+@dataclass(frozen=True)
+class SeparateConfig:
+    """``trainer separate``: split an audio/MIDI ``input`` into stem files under ``out``."""
+
+    checkpoint: Path
+    input: Path
+    out: Path
+    device: str = "auto"
+    window: int = 44100  # target samples per window

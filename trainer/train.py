@@ -1,0 +1,413 @@
+"""Training from the synthesis stream: one step on device tensors, and the training loop.
+
+Data path per step: the wire batch ``(batch, stems, window)`` (float16/int16/float32) goes to
+the device as is (pinned memory, non-blocking on CUDA) and is cast there; under ``remix`` every
+stem of every chunk gets a random gain and sign on the device; the mixture is formed on the
+device as the sum of the (remixed) stems; the model maps ``(batch, 1, window)`` to
+``(batch, stems, target)``, compared with the stems' target region
+``[context : context + target]``. See docs/training.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from synth_server.client import StreamClient
+from synth_server.protocol import BatchSpec
+
+from .checkpoint import CheckpointManager, LoadedCheckpoint, check_resume, load_checkpoint, make_checkpoint
+from .config import DistConfig, TrainConfig, resolve_amp, resolve_compile, resolve_device
+from .logging_utils import RunLogger, git_commit, write_run_files
+from .losses import LossFn, get_loss
+from .models import build_model, check_context, count_parameters, preset, receptive_field, required_context
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """Detached results of one step: ``loss`` (), ``per_stem`` (stems,), ``mixture``
+    (batch, 1, window), ``estimate`` and ``target`` (batch, stems, target)."""
+
+    loss: torch.Tensor
+    per_stem: torch.Tensor
+    mixture: torch.Tensor
+    estimate: torch.Tensor
+    target: torch.Tensor
+
+
+@dataclass
+class TrainSummary:
+    """How a run ended: steps ``start_step`` -> ``step``, last logged ``loss``, last
+    ``checkpoint`` written, whether it was ``interrupted``, overall data-wait share."""
+
+    start_step: int
+    step: int
+    loss: float | None
+    checkpoint: Path | None
+    interrupted: bool
+    wait_share: float
+
+
+def stems_to_device(stems: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Wire stems ``(batch, stems, window)`` -> float32 on ``device`` (cast after the copy).
+
+    On CUDA the wire array is staged in pinned memory and copied without blocking.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)    # read-only buffers are never written
+        raw = torch.from_numpy(stems)
+    if device.type == "cuda":
+        raw = raw.pin_memory().to(device, non_blocking=True)
+    else:
+        raw = raw.to(device)
+    if raw.dtype == torch.int16:
+        return raw.float().mul_(1.0 / 32767.0)
+    return raw.float()
+
+
+def remix_stems(stems: torch.Tensor, gain: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """``(batch, stems, window)`` -> same shape, each stem of each chunk times a uniform gain in
+    ``gain`` and a random sign (drawn on the stems' device)."""
+    shape = (stems.shape[0], stems.shape[1], 1)
+    gains = torch.empty(shape, device=stems.device).uniform_(gain[0], gain[1], generator=generator)
+    signs = torch.randint(0, 2, shape, device=stems.device, generator=generator) * 2 - 1
+    return stems * (gains * signs)
+
+
+class StepRunner:
+    """One optimizer step on a batch of stems ``(batch, stems, window)`` already on the device.
+
+    ``model`` may be compiled or DDP-wrapped; ``weights`` (stems,) weigh the loss per stem;
+    ``amp_dtype`` enables autocast for the forward pass (the loss is computed in float32);
+    ``remix_gain`` with ``generator`` turns on remixing.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, *,
+                 context: int, target: int, weights: torch.Tensor | None = None,
+                 amp_dtype: torch.dtype | None = None, remix_gain: tuple[float, float] | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        if remix_gain is not None and generator is None:
+            raise ValueError("remixing needs a torch.Generator")
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.context, self.target, self.weights = context, target, weights
+        self.amp_dtype, self.remix_gain, self.generator = amp_dtype, remix_gain, generator
+
+    def __call__(self, stems: torch.Tensor) -> StepOutput:
+        if stems.dim() != 3 or stems.shape[-1] != 2 * self.context + self.target:
+            raise ValueError(f"stems must be (batch, stems, {2 * self.context + self.target}), "
+                             f"got {tuple(stems.shape)}")
+        if self.remix_gain is not None:
+            stems = remix_stems(stems, self.remix_gain, self.generator)
+        mixture = stems.sum(dim=1, keepdim=True)
+        target = stems[:, :, self.context:self.context + self.target]
+        with torch.autocast(stems.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                            enabled=self.amp_dtype is not None):
+            estimate = self.model(mixture, self.target)
+        loss, per_stem = self.loss_fn(estimate.float(), target, self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return StepOutput(loss.detach(), per_stem.detach(), mixture, estimate.detach(), target)
+
+
+def wait_for_spec(client: StreamClient, seconds: float, stop: threading.Event) -> BatchSpec | None:
+    """The stream's spec once the broker's welcome arrived; None when ``stop`` is set first."""
+    deadline = time.monotonic() + seconds
+    while client.spec is None:
+        if stop.is_set():
+            return None
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no welcome from {client.address} within {seconds:g} s "
+                               "(is `synth-server serve` running there? does it need --curve-keys?)")
+        time.sleep(0.05)
+    return client.spec
+
+
+class _Window:
+    """Loss sums (on the device, no sync per step), steps and data-wait time since the last log."""
+
+    def __init__(self, stems: int, device: torch.device) -> None:
+        self.sums = torch.zeros(1 + stems, device=device)
+        self.steps, self.wait, self.start = 0, 0.0, time.perf_counter()
+
+    def add(self, out: StepOutput, wait: float) -> None:
+        self.sums[0] += out.loss
+        self.sums[1:] += out.per_stem
+        self.steps += 1
+        self.wait += wait
+
+
+class _Run:
+    """State of one training run: device, model, optimizer, step, checkpoints (``_loop`` steps it)."""
+
+    def __init__(self, cfg: TrainConfig, dist: DistConfig, notify: Callable[[str], None]) -> None:
+        self.cfg, self.dist, self.notify = cfg, dist, notify
+        self.device = resolve_device(cfg.device, dist.local_rank)
+        threads = cfg.torch_threads or (1 if self.device.type == "cpu" else None)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.amp = resolve_amp(cfg.amp, self.device)
+        self.compile = resolve_compile(cfg.compile, self.device)
+        self.manager = CheckpointManager(cfg.run_dir, cfg.keep_checkpoints)
+        self.resume = self._resume_checkpoint()
+        self.commit = git_commit()
+        self.last_saved: Path | None = None
+        self.saved_step = -1
+        self.wait_total = 0.0
+        self.last_loss: float | None = None
+
+    def _resume_checkpoint(self) -> LoadedCheckpoint | None:
+        last = self.manager.last
+        if self.cfg.resume:
+            if not last.is_file():
+                raise ValueError(f"--resume but {last} does not exist; drop --resume to start afresh")
+            return load_checkpoint(last)
+        if last.exists():
+            raise ValueError(f"{self.cfg.run_dir} already holds {last.name}; pass --resume to continue "
+                             "that run or choose a new --run-dir")
+        return None
+
+    def build(self, spec: BatchSpec) -> None:
+        """Model (stems from the spec), optimizer, resume state, wrappers, step runner."""
+        cfg = self.cfg
+        self.spec = spec
+        model_cfg = dataclasses.replace(preset(cfg.model), stems=len(spec.stems))
+        check_context(model_cfg, spec.context, model_name=cfg.model, flag="--context")
+        if cfg.stem_weights is not None and len(cfg.stem_weights) != len(spec.stems):
+            raise ValueError(f"--stem-weights has {len(cfg.stem_weights)} values; the stream has "
+                             f"{len(spec.stems)} stems {list(spec.stems)}")
+        if self.resume is not None:
+            check_resume(self.resume, model_cfg, cfg.model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.model = build_model(model_cfg).to(self.device)
+        self.model_cfg = model_cfg
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=fused)
+        self.step = self._restore()
+        self.start_step = self.step
+        self.runner = StepRunner(
+            self._wrap(self.model), self.optimizer, get_loss(cfg.loss),
+            context=spec.context, target=spec.target, weights=self._weights(),
+            amp_dtype=self.amp, remix_gain=cfg.remix_gain if cfg.remix else None,
+            generator=self._generator())
+
+    def _restore(self) -> int:
+        if self.resume is None:
+            return 0
+        self.model.load_state_dict(self.resume.data["model"])
+        if self.resume.data.get("optimizer"):
+            self.optimizer.load_state_dict(self.resume.data["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr
+        if self.resume.loss != self.cfg.loss:
+            self.notify(f"note: resuming a run trained with loss {self.resume.loss!r} using {self.cfg.loss!r}")
+        return self.resume.step
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        return torch.compile(model) if self.compile else model
+
+    def _weights(self) -> torch.Tensor | None:
+        if self.cfg.stem_weights is None:
+            return None
+        return torch.tensor(self.cfg.stem_weights, dtype=torch.float32, device=self.device)
+
+    def _generator(self) -> torch.Generator | None:
+        if not self.cfg.remix:
+            return None
+        seed = np.random.SeedSequence([self.cfg.seed, self.dist.rank, self.step]).generate_state(1)[0]
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def describe(self) -> str:
+        rf = receptive_field(self.model_cfg)
+        return (f"model {self.cfg.model}: {count_parameters(self.model):,} parameters, receptive field "
+                f"{rf} samples ({rf / self.spec.sample_rate * 1000:.1f} ms, context {required_context(self.model_cfg)}"
+                f" per side; stream sends {self.spec.context}); stems {list(self.spec.stems)}; device "
+                f"{self.device}, amp {self.amp or 'off'}, compile {'on' if self.compile else 'off'}, "
+                f"{torch.get_num_threads()} CPU threads, {self.dist.world_size} process(es)")
+
+    def save(self) -> Path:
+        """Checkpoint of the current step (rank 0 only; no-op when already saved)."""
+        if self.dist.is_main and self.saved_step != self.step:
+            ckpt = make_checkpoint(self.model, self.optimizer, step=self.step, model_config=self.model_cfg,
+                                   model_name=self.cfg.model, loss=self.cfg.loss, spec=self.spec,
+                                   train_config=self.cfg.to_dict(), commit=self.commit)
+            self.last_saved = self.manager.save(ckpt)
+            self.saved_step = self.step
+        return self.last_saved
+
+    def run_config(self) -> dict:
+        return {**self.cfg.to_dict(), "model_config": self.model_cfg.to_dict(), "stream": self.spec.to_header(),
+                "device": str(self.device), "amp": str(self.amp or "off"), "compiled": self.compile,
+                "torch_threads": torch.get_num_threads(), "world_size": self.dist.world_size,
+                "start_step": self.start_step}
+
+
+def _next_batch(client: StreamClient, stop: threading.Event | None, give_up: float):
+    """The next batch, or None once ``stop`` is set; TimeoutError after ``give_up`` seconds."""
+    start = time.monotonic()
+    while stop is None or not stop.is_set():
+        try:
+            return client.get(timeout=0.5)
+        except TimeoutError:
+            if time.monotonic() - start > give_up:
+                raise TimeoutError(f"no batch from {client.address} for {give_up:g} s (--give-up)") from None
+    return None
+
+
+def _stop_agreed(run: _Run, stop: threading.Event) -> bool:
+    """Whether to stop after this step; across DDP ranks only at log steps, all ranks agreeing."""
+    if not run.dist.distributed:
+        return stop.is_set()
+    if run.step % run.cfg.log_every:
+        return False
+    flag = torch.tensor([1.0 if stop.is_set() else 0.0], device=run.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _window_row(run: _Run, window: _Window, client: StreamClient) -> dict:
+    """Reduce the window's losses over ranks, check them, and make one metrics row."""
+    sums = window.sums / max(window.steps, 1)
+    if run.dist.distributed:
+        torch.distributed.all_reduce(sums)
+        sums /= run.dist.world_size
+    values = sums.tolist()
+    if not np.isfinite(values[0]):
+        raise FloatingPointError(f"loss is {values[0]} at step {run.step} (last checkpoint: step "
+                                 f"{run.saved_step}); lower --lr or check the stream")
+    wall = max(time.perf_counter() - window.start, 1e-9)
+    return {"step": run.step, "time": round(time.time(), 3), "loss": values[0],
+            **{f"loss_{name}": v for name, v in zip(run.spec.stems, values[1:])},
+            "lr": run.optimizer.param_groups[0]["lr"], "steps_per_s": window.steps / wall,
+            "chunks_per_s": window.steps * run.cfg.batch_size * run.dist.world_size / wall,
+            "wait_share": min(1.0, window.wait / wall), "malformed": client.malformed,
+            "reconnects": client.reconnects}
+
+
+def _audio_clips(spec: BatchSpec, out: StepOutput) -> dict[str, torch.Tensor]:
+    """Mixture, estimates and targets (target region) of the batch's first item, ``(target,)`` each."""
+    c, t = spec.context, spec.target
+    clips = {"audio/mixture": out.mixture[0, 0, c:c + t]}
+    for i, name in enumerate(spec.stems):
+        clips[f"audio/{name}_estimate"] = out.estimate[0, i]
+        clips[f"audio/{name}_target"] = out.target[0, i]
+    return clips
+
+
+def _loop(run: _Run, client: StreamClient, logger: RunLogger, stop: threading.Event) -> bool:
+    """Steps up to ``cfg.steps``; returns True when stopped early by ``stop``."""
+    cfg = run.cfg
+    window = _Window(len(run.spec.stems), run.device)
+    report_wait = getattr(client, "report_wait_share", None)    # newer clients tell the broker
+    while run.step < cfg.steps:
+        t0 = time.perf_counter()
+        # DDP ranks only stop together, at log steps (``_stop_agreed``)
+        batch = _next_batch(client, None if run.dist.distributed else stop, cfg.give_up)
+        wait = time.perf_counter() - t0
+        if batch is None:
+            return True
+        out = run.runner(stems_to_device(batch.stems, run.device))
+        run.step += 1
+        run.wait_total += wait
+        window.add(out, wait)
+        logger.on_step(run.step)
+        if logger.wants_audio(run.step):
+            logger.audio(run.step, _audio_clips(run.spec, out), run.spec.sample_rate)
+        if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+            row = logger.write(_window_row(run, window, client))
+            run.last_loss = row["loss"]
+            if report_wait is not None:
+                report_wait(row["wait_share"])
+            window = _Window(len(run.spec.stems), run.device)
+        if run.step % cfg.checkpoint_every == 0:
+            run.save()
+        if _stop_agreed(run, stop):
+            return True
+    return False
+
+
+def _init_distributed(dist: DistConfig, device: torch.device) -> bool:
+    """Join the default process group (nccl on CUDA, gloo on CPU); True when this call made it.
+
+    Rendezvous uses torch's env:// method (MASTER_ADDR/MASTER_PORT, set by torchrun).
+    """
+    if not dist.distributed or torch.distributed.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend, rank=dist.rank, world_size=dist.world_size)
+    return True
+
+
+def run_train(cfg: TrainConfig, dist: DistConfig = DistConfig(), *, stop: threading.Event | None = None,
+              curve: tuple[bytes, bytes, bytes] | None = None,
+              notify: Callable[[str], None] = print) -> TrainSummary:
+    """Train ``cfg.model`` on the stream at ``cfg.connect`` up to step ``cfg.steps``.
+
+    ``stop`` (e.g. set by a signal handler) ends the run cleanly after the current step with a
+    checkpoint; a KeyboardInterrupt does the same. ``curve``: client CURVE keys. Under
+    ``dist.distributed`` the process group is joined here (and left at the end) and the model
+    is wrapped in DDP; only rank 0 writes files. Raises ValueError for a bad setup (context too
+    short, config mismatch on resume), TimeoutError when the stream stays silent (after saving a
+    checkpoint), FloatingPointError when the loss stops being finite.
+    """
+    stop = stop or threading.Event()
+    run = _Run(cfg, dist, notify if dist.is_main else (lambda _msg: None))
+    owns_group = _init_distributed(dist, run.device)
+    client = StreamClient(cfg.connect, cfg.batch_size, prefetch=cfg.prefetch, timeout=cfg.timeout,
+                          client_id=f"rank{dist.rank}" if dist.distributed else None, curve=curve)
+    try:
+        return _train(run, client, stop, curve)
+    finally:
+        client.close()
+        if owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(run: _Run, client: StreamClient, stop: threading.Event, curve) -> TrainSummary:
+    cfg = run.cfg
+    run.notify(f"waiting for the stream at {cfg.connect} ...")
+    spec = wait_for_spec(client, cfg.timeout, stop)
+    if spec is None:
+        return TrainSummary(0, 0, None, None, True, 0.0)
+    run.build(spec)
+    run.notify(run.describe())
+    if run.dist.is_main:
+        write_run_files(cfg.run_dir, run.run_config(), run.commit)
+    if run.step >= cfg.steps:
+        run.notify(f"checkpoint is at step {run.step} >= --steps {cfg.steps}: nothing to do")
+        return TrainSummary(run.step, run.step, None, run.manager.last, False, 0.0)
+    main = run.dist.is_main
+    logger = RunLogger(cfg.run_dir, total_steps=cfg.steps, initial_step=run.step, main=main,
+                       connect=cfg.connect if cfg.stats_every else None, curve=curve,
+                       stats_every=cfg.stats_every, audio_every=cfg.audio_every, notify=run.notify)
+    started = time.perf_counter()
+    try:
+        interrupted = _loop(run, client, logger, stop)
+    except KeyboardInterrupt:
+        interrupted = True
+    except TimeoutError:
+        run.save()
+        raise
+    finally:
+        logger.close()
+    if interrupted:
+        run.notify(f"stopped at step {run.step}: saving a checkpoint")
+    run.save()
+    share = min(1.0, run.wait_total / max(time.perf_counter() - started, 1e-9))
+    return TrainSummary(run.start_step, run.step, run.last_loss, run.last_saved, interrupted, share)
