@@ -97,6 +97,8 @@ def bare_render(r: Renderer, midi, start: int, length: int) -> None:
             cursor = t
             play[kind](ch, a, b)
         r._write(buf, cursor - r0, len(buf))
+        for ch in range(len(insts)):   # stop voices at once so no tail leaks into the next render
+            fs.fluid_synth_all_sounds_off(synth, ch)
         fs.fluid_synth_system_reset(synth)
 
 
@@ -170,8 +172,16 @@ def main() -> int:
     cfg = ChunkSourceConfig(corpus=CorpusConfig(root=tmp), render=render, max_chunks_per_song=10**9)
     renderer = Renderer(render, AUDIO, DEFAULT_CLASSES, [SF2])
     print(f"(a) renders {args.excerpt:g} s excerpts with {render.preroll:g} s pre-roll; (b), (c) whole songs")
-    a_n, a_cpu = measure("(a) stemstream renderer: kept chunks", run_ours, songs, renderer, cfg)
-    bare_n, bare_cpu = measure("(bare) minimal synth loop: chunk slots", run_bare, songs, renderer, cfg)
+    a_n = a_cpu = bare_n = bare_cpu = 0.0
+    for song in songs:  # alternate per song so load changes on a shared machine hit both alike
+        t0 = cpu_seconds()
+        a_n += run_ours([song], renderer, cfg)
+        t1 = cpu_seconds()
+        bare_n += run_bare([song], renderer, cfg)
+        a_cpu, bare_cpu = a_cpu + t1 - t0, bare_cpu + cpu_seconds() - t1
+    print(f"  {'(a) stemstream renderer: kept':<34} {a_n:6.0f} in {a_cpu:6.2f} cpu-s -> {a_n / a_cpu:8.1f} /core-s")
+    print(f"  {'(bare) minimal loop: chunk slots':<34} {bare_n:6.0f} in {bare_cpu:6.2f} cpu-s -> "
+          f"{bare_n / bare_cpu:8.1f} /core-s")
     c_n, c_cpu = measure("(c) pretty_midi fluidsynth(): kept", run_pretty_midi, songs)
     b = measure("(b) fluidsynth -F per stem: kept", run_cli, songs, tmp) if shutil.which("fluidsynth") else None
     a = a_n / a_cpu

@@ -2,7 +2,6 @@
 from collections import Counter
 
 import numpy as np
-import pretty_midi
 import pytest
 
 from synth_server.config import DEFAULT_CLASSES, AudioConfig, ChunkSourceConfig, CorpusConfig, RenderConfig
@@ -11,18 +10,6 @@ from synth_server.render import Renderer
 from synth_server.soundfont import resolve_soundfonts
 
 AUDIO = AudioConfig(target=2205, context=1024)
-
-
-def busy_song(seconds=6.0):
-    midi = pretty_midi.PrettyMIDI()
-    for program, drum, base in [(0, True, 36), (0, False, 60), (48, False, 67), (33, False, 40)]:
-        inst = pretty_midi.Instrument(program, is_drum=drum)
-        t = 0.0
-        while t < seconds:
-            inst.notes.append(pretty_midi.Note(90, base + int(t * 3) % 5, t, t + 0.2 if drum else t + 0.45))
-            t += 0.25
-        midi.instruments.append(inst)
-    return midi
 
 
 def config(audio=AUDIO, **kw):
@@ -47,8 +34,8 @@ def test_excerpts_tile_the_song():
     assert plan_excerpts(2 * AUDIO.context + AUDIO.target - 1, AUDIO, 10, rng) == []
 
 
-def test_chunks_are_the_songs_audio_at_their_offsets(renderer):
-    midi = busy_song()
+def test_chunks_are_the_songs_audio_at_their_offsets(renderer, busy_midi):
+    midi = busy_midi()
     full = Renderer(RenderConfig(), AUDIO, DEFAULT_CLASSES, resolve_soundfonts(None)).render(midi, 0, 8 * 44100)
     counters = Counter()
     chunks = list(song_chunks(midi, "busy", renderer, config(max_chunks_per_song=1000),
@@ -64,20 +51,20 @@ def test_chunks_are_the_songs_audio_at_their_offsets(renderer):
         assert err < 1e-5, f"chunk at {ch.offset} is not the song's audio there"
 
 
-def test_per_song_cap_and_too_short(renderer):
+def test_per_song_cap_and_too_short(renderer, busy_midi):
     counters = Counter()
-    chunks = list(song_chunks(busy_song(), "busy", renderer, config(max_chunks_per_song=7),
+    chunks = list(song_chunks(busy_midi(), "busy", renderer, config(max_chunks_per_song=7),
                               np.random.default_rng(0), counters))
     assert len(chunks) == 7 == counters["kept"]
-    short = busy_song(0.05)  # 0.45 s of notes + 1 s of tail < one 2 s window
+    short = busy_midi(0.05)  # 0.45 s of notes + 1 s of tail < one 2 s window
     long_chunks = config(audio=AudioConfig(target=88200, context=1024))
     assert list(song_chunks(short, "short", renderer, long_chunks, np.random.default_rng(0), counters)) == []
     assert counters["songs_too_short"] == 1
 
 
-def test_seed_reproduces_chunks(renderer):
-    a = [c.offset for c in song_chunks(busy_song(), "b", renderer, config(max_chunks_per_song=20),
+def test_seed_reproduces_chunks(renderer, busy_midi):
+    a = [c.offset for c in song_chunks(busy_midi(), "b", renderer, config(max_chunks_per_song=20),
                                        np.random.default_rng(5), Counter())]
-    b = [c.offset for c in song_chunks(busy_song(), "b", renderer, config(max_chunks_per_song=20),
+    b = [c.offset for c in song_chunks(busy_midi(), "b", renderer, config(max_chunks_per_song=20),
                                        np.random.default_rng(5), Counter())]
     assert a == b

@@ -10,26 +10,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pretty_midi
 import pytest
 
 from synth_server.client import StreamClient
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = [sys.executable, "-m", "synth_server"]
-
-
-def busy_song(path: Path, seconds: float, shift: int) -> None:
-    """Drums, piano, strings and bass playing together all the way through."""
-    midi = pretty_midi.PrettyMIDI()
-    for program, drum, base in [(0, True, 36), (0, False, 60), (48, False, 67), (33, False, 40)]:
-        inst = pretty_midi.Instrument(program, is_drum=drum)
-        t = 0.0
-        while t < seconds:
-            inst.notes.append(pretty_midi.Note(90, base + (int(t * 3) + shift) % 5, t, t + 0.2 if drum else t + 0.45))
-            t += 0.25
-        midi.instruments.append(inst)
-    midi.write(str(path))
 
 
 def cli(*args, timeout=20):
@@ -58,11 +44,11 @@ def watchdog():
 
 
 @pytest.fixture
-def server(tmp_path, watchdog):
+def server(tmp_path, watchdog, busy_midi):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(4):
-        busy_song(corpus / f"song{i}.mid", 6.0, i)
+        busy_midi(6.0, i).write(str(corpus / f"song{i}.mid"))
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(
         [*PY, "serve", "--corpus", str(corpus), "--workers", "2", "--pool-size", "96", "--port", "0",

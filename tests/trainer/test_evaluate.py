@@ -17,13 +17,6 @@ STEMS = ["drums", "piano", "strings", "bass"]
 SPEC = BatchSpec(sample_rate=22050, target=2048, context=256, stems=tuple(STEMS), dtype="float32")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def song(variant: int, seconds: float = 5.0) -> pretty_midi.PrettyMIDI:
     """Drums, piano, strings and bass all playing; ``variant`` changes pitches and rhythm."""

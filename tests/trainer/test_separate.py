@@ -18,13 +18,6 @@ STEMS = ["drums", "piano", "strings", "bass"]
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class CropModel(nn.Module):
     """Stand-in with the separator contract: stem s = gain[s] * the input's target region."""

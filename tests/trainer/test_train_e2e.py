@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pretty_midi
 import pytest
 import torch
 
@@ -18,25 +17,12 @@ from trainer.checkpoint import load_checkpoint, load_separator
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def busy_song(path: Path, seconds: float, shift: int) -> None:
-    """Drums, piano, strings and bass playing together all the way through."""
-    midi = pretty_midi.PrettyMIDI()
-    for program, drum, base in [(0, True, 36), (0, False, 60), (48, False, 67), (33, False, 40)]:
-        inst = pretty_midi.Instrument(program, is_drum=drum)
-        t = 0.0
-        while t < seconds:
-            inst.notes.append(pretty_midi.Note(90, base + (int(t * 3) + shift) % 5, t, t + 0.2 if drum else t + 0.45))
-            t += 0.25
-        midi.instruments.append(inst)
-    midi.write(str(path))
-
-
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, busy_midi):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(3):
-        busy_song(corpus / f"song{i}.mid", 5.0, i)
+        busy_midi(5.0, i).write(str(corpus / f"song{i}.mid"))
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "synth_server", "serve", "--corpus", str(corpus), "--workers", "1",
