@@ -24,6 +24,7 @@ from .serve_config import (CLIENT_KEY, SERVER_KEY, WIRE_DTYPES, BrokerConfig, Co
                            ServeConfig, StatsConfig, WorkerConfig, load_client_curve)
 
 log = logging.getLogger(__name__)
+LOCAL_BROKER = "tcp://127.0.0.1:5555"   # the default serve address, as seen from the server host
 EXIT_REFUSED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
 
 
@@ -322,7 +323,7 @@ def register(sub) -> None:
     p.set_defaults(run=cmd_worker)
 
     p = sub.add_parser("ctl", help="change a running server: set reuse|workers N|auto, pause, resume")
-    p.add_argument("--connect", required=True)
+    p.add_argument("--connect", default=LOCAL_BROKER, help=f"broker address (default {LOCAL_BROKER})")
     p.add_argument("--curve-keys", type=Path, metavar="DIR")
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("cmd", choices=("set", "pause", "resume"))
@@ -331,7 +332,7 @@ def register(sub) -> None:
     p.set_defaults(run=cmd_ctl)
 
     p = sub.add_parser("stats", help="rates, pool, reuse, workers, clients of a running server")
-    p.add_argument("--connect", required=True)
+    p.add_argument("--connect", default=LOCAL_BROKER, help=f"broker address (default {LOCAL_BROKER})")
     p.add_argument("--curve-keys", type=Path, metavar="DIR")
     p.add_argument("--json", action="store_true")
     p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS", help="repeat every SECONDS")

@@ -158,7 +158,7 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=_positive, default=12)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--steps", type=_positive, default=100_000, help="total steps to reach (also on --resume)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (a new run when it does not exist yet)")
     p.add_argument("--remix", action="store_true", help="random per-stem gain and sign for every use of a chunk")
     p.add_argument("--remix-gain", type=_gain_range, default=(0.25, 1.25), metavar="LOW,HIGH")
     p.add_argument("--stem-weights", type=_floats, default=None, metavar="W1,W2,...",
@@ -199,7 +199,7 @@ def _add_eval(sub) -> None:
 def _add_separate(sub) -> None:
     p = sub.add_parser("separate", help="split an audio file into stem WAVs")
     p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--input", required=True, type=Path)
+    p.add_argument("input", type=Path, help="audio file (WAV, FLAC, ...): any length, rate and channel count")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--window", type=_positive, default=44100, help="target samples per model call")

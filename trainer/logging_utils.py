@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -187,9 +188,12 @@ class RunLogger:
         self.stats = ServerStats(connect, curve) if probe else None
         if self.stats is not None:
             self.stats.request()    # so the first row already has R
-        quiet = {} if main else {"disable": True}      # TQDM_DISABLE=1 silences rank 0 too
+        # a bar on a terminal; in logs (docker, CI) one plain line per logged row instead
+        self.plain = main and not sys.stderr.isatty()
+        quiet = {} if main and not self.plain else {"disable": True}   # TQDM_DISABLE=1 silences it too
         self.bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, unit="step",
                         desc="train", **quiet)
+        self.notify = notify
 
     def on_step(self, step: int) -> None:
         """Advance the bar; ask the server for stats when due."""
@@ -211,6 +215,10 @@ class RunLogger:
         if not self.main:
             return row
         self.metrics.write(row)
+        if self.plain:
+            self.notify("step {step} loss {loss:.5f} steps/s {sps:.2f} data-wait {wait:.1%}".format(
+                step=row["step"], loss=row["loss"], sps=row.get("steps_per_s") or 0.0,
+                wait=row.get("wait_share") or 0.0))
         scalars = {"loss/total": row["loss"], "speed/steps_per_s": row.get("steps_per_s"),
                    "speed/chunks_per_s": row.get("chunks_per_s"), "data/wait_share": row.get("wait_share")}
         scalars.update({f"loss/{k[5:]}": v for k, v in row.items() if k.startswith("loss_")})

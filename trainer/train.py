@@ -167,8 +167,9 @@ class _Run:
     def _resume_checkpoint(self) -> LoadedCheckpoint | None:
         last = self.manager.last
         if self.cfg.resume:
-            if not last.is_file():
-                raise ValueError(f"--resume but {last} does not exist; drop --resume to start afresh")
+            if not last.is_file():   # the same command starts a run and continues it after a restart
+                self.notify(f"--resume: {last} does not exist yet, starting a new run")
+                return None
             return load_checkpoint(last)
         if last.exists():
             raise ValueError(f"{self.cfg.run_dir} already holds {last.name}; pass --resume to continue "

@@ -95,10 +95,11 @@ def test_resume_refuses_a_model_config_mismatch(tmp_path):
         check_resume(ckpt, wider, "tiny-wide")
 
 
-def test_run_dir_refusals(tmp_path):
+def test_resume_starts_fresh_then_continues_and_plain_run_refuses_a_used_dir(tmp_path):
     cfg = TrainConfig(connect="tcp://127.0.0.1:1", run_dir=tmp_path, model="tiny", device="cpu")
-    with pytest.raises(ValueError, match="drop --resume"):
-        _Run(dataclasses.replace(cfg, resume=True), DistConfig(), print)
+    said = []
+    assert _Run(dataclasses.replace(cfg, resume=True), DistConfig(), said.append).resume is None
+    assert "starting a new run" in said[0]
     model, opt = trained_tiny()
     CheckpointManager(tmp_path).save(checkpoint_of(model, opt))
     with pytest.raises(ValueError, match="pass --resume"):
