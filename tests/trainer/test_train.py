@@ -175,7 +175,8 @@ def test_metrics_rows_and_server_figures(tmp_path):
     logger.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4] and rows[1]["loss"] == 4.0
-    assert logger.tb.enabled or len(notices) == 1                  # one notice without tensorboard
+    assert logger.tb.enabled or sum("TensorBoard" in n for n in notices) == 1  # one notice without it
+    assert [n.split()[:2] for n in notices if n.startswith("step ")] == [["step", "2"], ["step", "4"]]  # no TTY
     log = MetricsLog(tmp_path / "m.jsonl")
     log.write({"loss": float("nan")})
     log.close()
