@@ -3,8 +3,12 @@
 It registers peers ("hello"), grants workers credit (pool free slots minus credit already
 outstanding, so the pool can never overflow: back-pressure), stores their chunks, serves client
 batches within client credit, answers ctl/stats, sends song MIDI bytes, and runs the auto rules
-(``autoscale``). Every received message is validated; bad ones are dropped, counted by reason
-and, where the peer can act on it, answered with an "error". See docs/streaming.md.
+(``autoscale``, applied in ``broker_control``). Every received message is validated; bad ones are
+dropped, counted by reason and, where the peer can act on it, answered with an "error". No frame
+above ``max_frame`` bytes (derived from the config) is even received (``broker_socket``), each
+client may hold at most ``MAX_CLIENT_INFLIGHT_BYTES`` of credit, and silent clients are
+forgotten after ``CLIENT_TIMEOUT_S`` (their chunks go back to the pool). Songs that keep failing
+or killing workers are banned (``broker_songs``). See docs/streaming.md.
 """
 from __future__ import annotations
 
@@ -17,19 +21,25 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from . import broker_control
 from .autoscale import ReuseController, WorkerScaler
+from .broker_socket import bind_router
+from .broker_songs import SongBook
 from .config import ChunkSourceConfig
-from .peers import ClientPeer, Registry, WorkerPeer, check_hello, check_request, parse_ctl
+from .peers import (MAX_COUNT, MAX_ID_CHARS, ClientPeer, Registry, WorkerPeer, check_hello, check_request,
+                    check_song_reports)
 from .pool import ReusePool
-from .protocol import BatchSpec, ProtocolError, decode, decode_batch, encode, encode_batch
-from .serve_config import BrokerConfig, load_server_curve, source_to_json
+from .protocol import MAX_HEADER_BYTES, BatchSpec, ProtocolError, decode, decode_batch, encode, encode_batch
+from .serve_config import BrokerConfig, source_to_json
 from .stats import MetricsServer, RateMeter, broker_snapshot
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 64 << 20     # largest frame accepted from any peer
 MAX_WELCOME_SONGS = 20_000       # a welcome lists at most this many songs (random subset)
 TICK_S = 0.25                    # housekeeping period of the loop
+MAX_PEERS = 512                  # workers + clients registered at once
+MAX_CLIENT_INFLIGHT_BYTES = 256 << 20   # outstanding credit x batch bytes per client
+CLIENT_TIMEOUT_S = 30.0          # a client silent this long is gone (StreamClient beats every 2 s)
 
 
 class Broker:
@@ -44,11 +54,12 @@ class Broker:
         if not songs:
             raise ValueError("no eligible songs to serve")
         self.cfg, self.source, self.supervisor, self.metrics = cfg, source, supervisor, metrics
-        self.songs = {s.song_id: s for s in songs}
-        self.corpus_root = Path(corpus_root)
+        self.book = SongBook(songs, corpus_root, cfg.max_song_bytes)
         audio = source.audio
         self.spec = BatchSpec(audio.sample_rate, audio.target, audio.context,
                               tuple(c.name for c in source.corpus.classes), cfg.dtype)
+        self.chunk_bytes = len(self.spec.stems) * self.spec.window * self.spec.np_dtype.itemsize
+        self.max_frame = max(MAX_HEADER_BYTES, cfg.credit_block * self.chunk_bytes)
         self.pool = ReusePool(cfg.pool_size, len(self.spec.stems), self.spec.window, cfg.dtype,
                               cfg.reuse, np.random.default_rng(np.random.SeedSequence([cfg.seed, 0])))
         self.reuse = ReuseController(cfg.reuse, cfg.max_reuse, auto=cfg.reuse_auto)
@@ -63,45 +74,21 @@ class Broker:
         self._starved_s = 0.0
         self._welcomes = 0
         self.ctx = zmq.Context()
-        self._auth = None
         try:
-            self.sock = self._bind()
+            self.sock, self._auth = bind_router(self.ctx, cfg, self.max_frame)
         except Exception:
-            if self._auth is not None:
-                self._auth.stop()
             self.ctx.destroy(linger=0)
             raise
         self.address = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
 
     # -- socket -------------------------------------------------------------------------------
-    def _bind(self) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        if self.cfg.curve_keys is not None:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            public, secret = load_server_curve(self.cfg.curve_keys)
-            self._auth = ThreadAuthenticator(self.ctx)
-            self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(self.cfg.curve_keys))
-            sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
-        port = "*" if self.cfg.port == 0 else str(self.cfg.port)
-        try:
-            sock.bind(f"tcp://{self.cfg.bind}:{port}")
-        except zmq.ZMQError as exc:
-            sock.close()
-            raise OSError(f"cannot bind tcp://{self.cfg.bind}:{port}: {exc}") from None
-        return sock
-
     def connect_address(self) -> str:
         """Where local processes connect (a wildcard bind is reached over loopback)."""
         return self.address.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")
 
     def budget_bytes(self) -> int:
         """Pool payload budget: capacity x stems x window x itemsize."""
-        return self.cfg.pool_size * len(self.spec.stems) * self.spec.window * self.spec.np_dtype.itemsize
+        return self.cfg.pool_size * self.chunk_bytes
 
     def close(self) -> None:
         """Tell every worker to shut down, then release the socket and the authenticator."""
@@ -130,10 +117,10 @@ class Broker:
             self._drop_peer(ident, "unreachable")
         return False
 
-    def _error(self, ident: bytes, reason: str, message: str, code: str | None = None) -> None:
-        """Count a refused message by reason and tell the peer why."""
+    def _error(self, ident: bytes, reason: str, message: str, code: str | None = None, **extra) -> None:
+        """Count a refused message by reason and tell the peer why (``extra``: e.g. song_id)."""
         self.errors[reason] += 1
-        header = {"type": "error", "message": message[:500]}
+        header = {"type": "error", "message": message[:500], **extra}
         if code is not None:
             header["code"] = code
         self._send(ident, encode(header))
@@ -176,6 +163,10 @@ class Broker:
     # -- registration -------------------------------------------------------------------------
     def _on_hello(self, ident: bytes, header: dict, payload) -> None:
         role, peer_id, pid, host = check_hello(header)
+        known = ident in self.peers.workers or ident in self.peers.clients
+        if role != "ctl" and not known and len(self.peers.workers) + len(self.peers.clients) >= MAX_PEERS:
+            self._error(ident, "too_many_peers", f"this broker serves at most {MAX_PEERS} workers and clients")
+            return
         if role == "worker":
             local = self.supervisor is not None and self.supervisor.owns(peer_id)
             self.peers.add_worker(WorkerPeer(ident, peer_id, pid, host, local, time.monotonic()))
@@ -183,7 +174,8 @@ class Broker:
             log.info("worker %s joined (%s, pid %s)", peer_id, host, pid)
             self._grant()
         elif role == "client":
-            gone = self.peers.add_client(ClientPeer(ident, peer_id, pid, host, time.monotonic()))
+            now = time.monotonic()
+            gone = self.peers.add_client(ClientPeer(ident, peer_id, pid, host, now, last_seen=now))
             if gone is not None:
                 self.pool.release_client(gone.id)
             self._send(ident, encode({"type": "welcome", **self.spec.to_header()}))
@@ -194,17 +186,17 @@ class Broker:
     def _worker_welcome(self) -> dict:
         self._welcomes += 1
         seed = int(np.random.SeedSequence([self.cfg.seed, self._welcomes]).generate_state(1)[0])
-        songs = list(self.songs.values())
-        if len(songs) > MAX_WELCOME_SONGS:
-            pick = np.random.default_rng(seed).choice(len(songs), MAX_WELCOME_SONGS, replace=False)
-            songs = [songs[i] for i in pick]
         return {"type": "welcome", "source": source_to_json(self.source), "seed": seed,
-                "dtype": self.cfg.dtype, "songs": [[s.song_id, round(s.duration, 3)] for s in songs]}
+                "dtype": self.cfg.dtype, "songs": self.book.welcome_list(seed, MAX_WELCOME_SONGS)}
 
-    def _drop_peer(self, ident: bytes, why: str) -> None:
+    def _drop_peer(self, ident: bytes, why: str, blame: str | None = None) -> None:
+        """Forget a peer; with ``blame`` (e.g. "died"), the worker's current song takes a strike."""
         worker = self.peers.workers.pop(ident, None)
         if worker is not None:
-            log.warning("forgetting worker %s (%s); %d credit reclaimed", worker.id, why, worker.credit)
+            log.warning("forgetting worker %s (%s); %d credit reclaimed%s", worker.id, why, worker.credit,
+                        f"; it was on song {worker.song}" if worker.song else "")
+            if blame is not None and worker.song is not None:
+                self.book.died(worker.song, blame)
             if worker.local and self.supervisor is not None:
                 self.supervisor.replace_worker(worker.id)
         client = self.peers.clients.pop(ident, None)
@@ -218,11 +210,16 @@ class Broker:
         if worker is None:
             self._error(ident, "unknown_peer", "unknown worker; say hello first", code="hello_first")
             return
-        worker.last_seen = time.monotonic()
+        worker.last_seen = now = time.monotonic()
         rate = header.get("rate")
         if isinstance(rate, (int, float)) and 0 <= rate < 1e9:
             worker.rate = float(rate)
         self._apply_counters(worker, header.get("counters"))
+        worker.working_on(header.get("song"), now)
+        stalled = header.get("stalled")
+        if isinstance(stalled, (int, float)) and worker.song is not None:
+            self.book.failed(worker.song, "stalled")
+            self._drop_peer(worker.ident, f"stuck in song {worker.song} for {stalled:.0f} s")
 
     def _apply_counters(self, worker: WorkerPeer, counters) -> None:
         """Add the growth of a worker's cumulative counters to the broker totals."""
@@ -235,29 +232,48 @@ class Broker:
             self._error(ident, "unknown_peer", "unknown worker; say hello first", code="hello_first")
         return worker
 
+    def _apply_song_reports(self, header: dict) -> None:
+        """A worker's ``songs_done`` / ``songs_failed`` (validated first; ProtocolError)."""
+        done, failed = check_song_reports(header)
+        for song_id in done:
+            self.book.done(song_id)
+        for song_id, reason in failed:
+            self.book.failed(song_id, reason)
+
     def _on_song_request(self, ident: bytes, header: dict, payload) -> None:
-        if self._known_worker(ident) is None:
+        worker = self._known_worker(ident)
+        if worker is None:
             return
-        song = self.songs.get(header.get("song_id")) if isinstance(header.get("song_id"), str) else None
+        self._apply_song_reports(header)
+        song_id = header.get("song_id")
+        song = self.book.get(song_id)
         if song is None:
-            raise ProtocolError(f"unknown song_id {str(header.get('song_id'))[:40]!r}")
-        path = self.corpus_root / song.path
+            self._error(ident, "bad_song_request", f"unknown song_id {str(song_id)[:40]!r}",
+                        code="song_unknown", song_id=str(song_id)[:MAX_ID_CHARS])
+            return
+        if song_id in self.book.banned:
+            self._error(ident, "song_banned", f"song {song_id} is banned: {self.book.banned[song_id]}",
+                        code="song_banned", song_id=song_id)
+            return
+        worker.working_on(song_id, time.monotonic(), claim=True)
         try:
-            if path.stat().st_size > self.cfg.max_song_bytes:
-                raise OSError(f"larger than {self.cfg.max_song_bytes} bytes")
-            data = path.read_bytes()
+            data = self.book.read(song)
         except OSError as exc:
-            self._error(ident, "song_unreadable", f"song {song.song_id}: cannot read {song.path}: {exc}")
+            self._error(ident, "song_unreadable", f"song {song_id}: cannot read {song.path}: {exc}",
+                        code="song_unreadable", song_id=song_id)
             return
         self.totals["songs_sent"] += 1
-        self._send(ident, encode({"type": "song_data", "song_id": song.song_id}, data))
+        self._send(ident, encode({"type": "song_data", "song_id": song_id}, data))
 
     def _on_chunks(self, ident: bytes, header: dict, payload) -> None:
         worker = self._known_worker(ident)
         if worker is None:
             return
         worker.last_seen = time.monotonic()
-        _, stems, meta = decode_batch(header, payload, expect=self.spec, max_bytes=MAX_MESSAGE_BYTES)
+        _, stems, meta = decode_batch(header, payload, expect=self.spec, max_bytes=self.max_frame)
+        if not all(len(m["song"]) <= MAX_ID_CHARS and m["offset"] < MAX_COUNT for m in meta):
+            raise ProtocolError(f"chunk song ids are at most {MAX_ID_CHARS} characters, offsets < 2^53")
+        self._apply_song_reports(header)
         self._apply_counters(worker, header.get("counters"))
         n = stems.shape[0]
         k = min(n, worker.credit)
@@ -290,12 +306,15 @@ class Broker:
         if client is None:
             self._error(ident, "unknown_peer", "unknown client; say hello first", code="hello_first")
             return
-        credit, batch_size, wait_share = check_request(header, self.cfg.max_batch_size,
-                                                       self.spec.window * len(self.spec.stems)
-                                                       * self.spec.np_dtype.itemsize)
+        client.last_seen = time.monotonic()
+        credit, batch_size, wait_share = check_request(header, self.cfg.max_batch_size, self.chunk_bytes)
         if client.credit + credit > self.cfg.max_client_credit:
             raise ProtocolError(f"outstanding credit would be {client.credit + credit} batches "
                                 f"(limit {self.cfg.max_client_credit})")
+        inflight = (client.credit + credit) * batch_size * self.chunk_bytes
+        if credit and inflight > max(MAX_CLIENT_INFLIGHT_BYTES, batch_size * self.chunk_bytes):
+            raise ProtocolError(f"outstanding credit would be {inflight / 2**20:.0f} MiB "
+                                f"(limit {MAX_CLIENT_INFLIGHT_BYTES / 2**20:.0f} MiB per client)")
         client.credit += credit
         client.batch_size = batch_size
         if wait_share is not None:
@@ -330,44 +349,13 @@ class Broker:
 
     # -- control ------------------------------------------------------------------------------
     def _on_ctl(self, ident: bytes, header: dict, payload) -> None:
-        cmd, key, value = parse_ctl(header, self.cfg.max_reuse)
-        if cmd == "stats":
-            self._send(ident, encode({"type": "stats", "stats": self.snapshot()}))
-            return
-        ok, message = self.apply_ctl(cmd, key, value)
-        if not ok:
-            self.errors["ctl_refused"] += 1
-        self._send(ident, encode({"type": "ctl_reply", "ok": ok, "message": message}))
-
-    def apply_ctl(self, cmd: str, key: str, value: int | None) -> tuple[bool, str]:
-        """pause / resume / set reuse N|auto / set workers N|auto (``value`` None means auto)."""
-        if cmd in ("pause", "resume"):
-            self.paused = cmd == "pause"
-            self._grant()
-            return True, "production paused" if self.paused else "production resumed"
-        if key == "reuse":
-            self.reuse.auto = value is None
-            if value is not None:
-                self.reuse.value = value
-                self.pool.set_reuse(value)
-            self._serve()
-            return True, f"reuse {'auto' if value is None else value}"
-        if self.supervisor is None:
-            return False, "this broker runs no local workers"
-        if value is None:
-            self.scaler = self.scaler or WorkerScaler(self.cfg.min_workers, self.cfg.max_workers)
-            return True, f"workers auto ({self.cfg.min_workers}..{self.cfg.max_workers})"
-        self.scaler = None
-        self.supervisor.scale_to(value)
-        return True, f"workers {value}"
+        broker_control.handle_ctl(self, ident, header)
 
     # -- housekeeping -------------------------------------------------------------------------
     def tick(self, now: float) -> None:
         """Heartbeat timeouts, local restarts, rates, starvation share, auto rules, metrics."""
         dt, self._last_tick = now - self._last_tick, now
-        for worker in list(self.peers.workers.values()):
-            if now - worker.last_seen > self.cfg.heartbeat_timeout:
-                self._drop_peer(worker.ident, f"no heartbeat for {now - worker.last_seen:.1f} s")
+        self._timeouts(now)
         for client in self.peers.clients.values():
             client.starved_s += dt if client.waiting else 0.0
             client.meter.update(now, client.chunks)
@@ -380,30 +368,28 @@ class Broker:
         self.meters["starved"].update(now, self._starved_s)
         if self.supervisor is not None:
             self.supervisor.check()
-        self._auto(now)
+            for worker_id, code in self.supervisor.take_exited():
+                worker = self.peers.worker_by_id(worker_id)
+                if worker is not None:
+                    self._drop_peer(worker.ident, f"process exited with code {code}",
+                                    blame=None if code in (0, 2) else "died")
+        broker_control.run_auto_rules(self, now)
         self._grant()
         if self.metrics is not None and now - self._last_publish >= 1.0:
             self._last_publish = now
             self.metrics.publish(self.snapshot())
 
-    def _auto(self, now: float) -> None:
-        starved = self.meters["starved"].rate()
-        if self.reuse.due(now):
-            capacity = sum(w.rate for w in self.peers.workers.values())
-            before = self.reuse.value
-            after = self.reuse.update(capacity, self.meters["served"].rate(), starved)
-            if after != before:
-                self.pool.set_reuse(after)
-                log.info("reuse auto: R %d -> %d (capacity %.1f, served %.1f chunks/s, starved %.0f%%)",
-                         before, after, capacity, self.meters["served"].rate(), 100 * starved)
-        if self.scaler is not None and self.supervisor is not None:
-            self.scaler.observe_fill(now, len(self.pool) / self.pool.capacity)
-            step = self.scaler.decide(now, self.supervisor.target, self.meters["received"].rate(), starved)
-            if step:
-                target = self.supervisor.target + step
-                log.info("workers auto: %d -> %d", self.supervisor.target, target)
-                self.supervisor.scale_to(target)
+    def _timeouts(self, now: float) -> None:
+        """Forget workers without heartbeat (their song takes a strike) and silent clients."""
+        for worker in list(self.peers.workers.values()):
+            if now - worker.last_seen > self.cfg.heartbeat_timeout:
+                self._drop_peer(worker.ident, f"no heartbeat for {now - worker.last_seen:.1f} s", blame="lost")
+        for client in list(self.peers.clients.values()):
+            if now - client.last_seen > CLIENT_TIMEOUT_S:
+                self._drop_peer(client.ident, f"silent for {now - client.last_seen:.0f} s")
 
     def snapshot(self) -> dict:
-        """The stats object (layout in ``stats``)."""
-        return broker_snapshot(self)
+        """The stats object (layout in ``stats``) plus the banned songs."""
+        snap = broker_snapshot(self)
+        snap["banned_songs"] = self.book.describe()
+        return snap

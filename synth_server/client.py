@@ -3,7 +3,10 @@
 A background thread owns the ZeroMQ DEALER socket (sockets are not thread-safe): it sends
 "hello", waits for "welcome", keeps ``prefetch`` batches requested-or-queued, validates every
 batch against the welcome spec and reconnects with exponential backoff when the broker goes
-silent. The consumer only touches a queue; its waiting time is measured.
+silent (or at once when the broker says it does not know us). The consumer only touches a
+queue; its waiting time is measured and reported in every "request" as ``wait_share`` (share of
+the last ~10 s the consumer spent waiting for data). A "request" with credit 0 goes out every
+``KEEPALIVE_S`` seconds, so the broker can tell an idle client from a departed one.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import socket
 import threading
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +31,8 @@ from synth_server.protocol import (
 
 log = logging.getLogger(__name__)
 _client_numbers = itertools.count()
+KEEPALIVE_S = 2.0        # a request (credit 0 if nothing is wanted) at least this often
+WAIT_WINDOW_S = 10.0     # wait_share is measured over about this long
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,6 +97,8 @@ class StreamClient:
         self.spec: BatchSpec | None = None
         self.batches = self.malformed = self.reconnects = 0
         self.wait_seconds = self.decode_seconds = 0.0
+        self._waiting_since: float | None = None     # perf_counter() while blocked in get()
+        self._wait_samples: deque[tuple[float, float]] = deque()   # (time, total wait), I/O thread
         self._queue: queue.Queue[Batch] = queue.Queue()
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -113,20 +121,23 @@ class StreamClient:
     def get(self, timeout: float | None = None) -> Batch | None:
         """The next batch; None once closed. Raises TimeoutError after ``timeout`` seconds
         without one (None: wait for ever, the I/O thread reconnecting as needed)."""
-        start = time.perf_counter()
-        while True:
-            if self._stop.is_set():
-                return None
-            if not self._thread.is_alive():
-                raise RuntimeError("stream client I/O thread died; see the log")
-            if timeout is not None and time.perf_counter() - start > timeout:
-                raise TimeoutError(f"no batch from {self.address} within {timeout:g} s")
-            try:
-                batch = self._queue.get(timeout=0.1)
-                break
-            except queue.Empty:
-                continue
-        self.wait_seconds += time.perf_counter() - start
+        start = self._waiting_since = time.perf_counter()
+        try:
+            while True:
+                if self._stop.is_set():
+                    return None
+                if not self._thread.is_alive():
+                    raise RuntimeError("stream client I/O thread died; see the log")
+                if timeout is not None and time.perf_counter() - start > timeout:
+                    raise TimeoutError(f"no batch from {self.address} within {timeout:g} s")
+                try:
+                    batch = self._queue.get(timeout=0.1)
+                    break
+                except queue.Empty:
+                    continue
+        finally:
+            self.wait_seconds += time.perf_counter() - start
+            self._waiting_since = None
         self.batches += 1
         self._wake()
         return batch
@@ -148,6 +159,19 @@ class StreamClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def wait_share(self) -> float:
+        """Share of the last ~``WAIT_WINDOW_S`` seconds the consumer spent blocked in ``get``
+        (0 before two samples exist). Called by the I/O thread at each request."""
+        now = time.perf_counter()
+        since = self._waiting_since
+        total = self.wait_seconds + (now - since if since is not None else 0.0)
+        samples = self._wait_samples
+        samples.append((now, total))
+        while len(samples) > 2 and now - samples[1][0] >= WAIT_WINDOW_S:
+            samples.popleft()
+        (t0, w0) = samples[0]
+        return 0.0 if now <= t0 else round(min(1.0, max(0.0, (total - w0) / (now - t0))), 3)
+
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"\0")
@@ -161,9 +185,15 @@ class StreamClient:
         try:
             attempt = 0
             while not self._stop.is_set():
-                answered = self._session(ctx)
+                answered, why = self._session(ctx)
                 if self._stop.is_set():
                     break
+                if why == "rehello":
+                    log.warning("broker %s does not know this client (restarted, or timed us out); "
+                                "saying hello again", self.address)
+                    self.reconnects += 1
+                    attempt = 0
+                    continue
                 attempt = 1 if answered else attempt + 1
                 backoff = min(self._backoff[1], self._backoff[0] * 2 ** (attempt - 1))
                 log.warning("no data from %s for %g s; reconnecting (attempt %d, backoff %g s)",
@@ -182,10 +212,11 @@ class StreamClient:
         sock.connect(self.address)
         return sock
 
-    def _session(self, ctx: zmq.Context) -> bool:
-        """One connection: hello, then serve credit until silence or stop.
+    def _session(self, ctx: zmq.Context) -> tuple[bool, str]:
+        """One connection: hello, then serve credit until silence, a "hello_first" or stop.
 
-        Returns True when the broker answered (welcome or batch), which resets the backoff.
+        Returns (the broker answered: welcome or batch, which resets the backoff; why it ended:
+        "stop", "silent", "rehello" or "error").
         """
         sock = self._open(ctx)
         try:
@@ -194,17 +225,19 @@ class StreamClient:
             return self._pump(sock)
         except zmq.ZMQError as exc:
             log.warning("socket error talking to %s: %s", self.address, exc)
-            return False
+            return False, "error"
         finally:
             sock.close(linger=0)
 
-    def _pump(self, sock: zmq.Socket) -> bool:
+    def _pump(self, sock: zmq.Socket) -> tuple[bool, str]:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        state = {"welcomed": False, "outstanding": 0, "alive": False}
+        state = {"welcomed": False, "outstanding": 0, "alive": False, "rehello": False, "sent": 0.0}
         last_rx = time.monotonic()
         while not self._stop.is_set():
+            if state["rehello"]:
+                return state["alive"], "rehello"
             if state["welcomed"]:
                 self._grant(sock, state)
             events = dict(poller.poll(100))
@@ -217,15 +250,18 @@ class StreamClient:
             if not owed:
                 last_rx = time.monotonic()    # silence is expected while we hold no credit
             elif time.monotonic() - last_rx > self.timeout:
-                return state["alive"]
-        return state["alive"]
+                return state["alive"], "silent"
+        return state["alive"], "stop"
 
     def _grant(self, sock: zmq.Socket, state: dict) -> None:
-        want = self.prefetch - self._queue.qsize() - state["outstanding"]
-        if want > 0:
-            sock.send_multipart(encode({"type": "request", "credit": want,
-                                        "batch_size": self.batch_size}))
-            state["outstanding"] += want
+        """Request what the prefetch allows; with nothing to ask, a keepalive every KEEPALIVE_S."""
+        want = max(0, self.prefetch - self._queue.qsize() - state["outstanding"])
+        if want == 0 and time.monotonic() - state["sent"] < KEEPALIVE_S:
+            return
+        sock.send_multipart(encode({"type": "request", "credit": want, "batch_size": self.batch_size,
+                                    "wait_share": self.wait_share()}), zmq.NOBLOCK)
+        state["outstanding"] += want
+        state["sent"] = time.monotonic()
 
     def _drain_wake(self) -> None:
         try:
@@ -249,6 +285,8 @@ class StreamClient:
             kind = header["type"]
             if kind == "welcome":
                 self._welcome(BatchSpec.from_header(header), state)
+            elif kind == "error" and header.get("code") == "hello_first":
+                state["rehello"] = True
             elif kind == "error":
                 log.warning("broker %s reports: %s", self.address, str(header.get("message"))[:500])
             else:
@@ -263,6 +301,8 @@ class StreamClient:
     def _welcome(self, spec: BatchSpec, state: dict) -> None:
         if self.spec is not None and spec != self.spec:
             log.warning("broker %s changed its batch spec: %s", self.address, spec.mismatch(self.spec))
+        if self.reconnects and not state["welcomed"]:
+            log.info("connected to %s again (%d reconnects so far)", self.address, self.reconnects)
         self.spec = spec
         state["welcomed"] = state["alive"] = True
 

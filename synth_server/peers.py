@@ -15,8 +15,11 @@ from .stats import RateMeter
 
 MAX_ID_CHARS = 128
 MAX_COUNTERS = 64
+MAX_COUNT = 1 << 53              # counters, pids and offsets above this are not real
 MAX_REQUEST_CREDIT = 1024
 MAX_WORKERS_SET = 64
+MAX_REPORTS = 64                 # song outcomes per message
+SONG_CLAIM_S = 2.0               # a song_request names the worker's song for at least this long
 ROLES = ("worker", "client", "ctl")
 
 
@@ -33,6 +36,21 @@ class WorkerPeer:
     rate: float = 0.0                # reported kept chunks per busy second
     counters: dict[str, int] = field(default_factory=dict)   # last cumulative counters
     meter: RateMeter = field(default_factory=RateMeter)
+    song: str | None = None          # the song it works on (blamed if the worker dies)
+    song_since: float = 0.0
+
+    def working_on(self, song: Any, now: float, claim: bool = False) -> None:
+        """Note the worker's current song: from a song_request (``claim``) or a heartbeat.
+
+        A heartbeat without a song clears it only when the last claim is older than
+        ``SONG_CLAIM_S`` (heartbeats come from another socket and may be older than the request).
+        """
+        if isinstance(song, str) and len(song) <= MAX_ID_CHARS:
+            if claim or song != self.song:
+                self.song_since = now
+            self.song = song
+        elif song is None and now - self.song_since > SONG_CLAIM_S:
+            self.song = None
 
     def counter_deltas(self, counters: Any) -> dict[str, int]:
         """Validate cumulative ``counters`` and return their growth since the last report.
@@ -45,7 +63,7 @@ class WorkerPeer:
             raise ProtocolError(f"counters must be an object of at most {MAX_COUNTERS} entries")
         out = {}
         for key, value in counters.items():
-            if len(key) > MAX_ID_CHARS or type(value) is not int or value < 0:
+            if len(key) > MAX_ID_CHARS or type(value) is not int or not 0 <= value < MAX_COUNT:
                 raise ProtocolError(f"counter {key[:40]!r} must be a non-negative int")
             last = self.counters.get(key, 0)
             out[key] = value - last if value >= last else value
@@ -71,6 +89,7 @@ class ClientPeer:
     batches: int = 0
     chunks: int = 0
     waiting: bool = False            # holds credit the pool could not fill
+    last_seen: float = 0.0           # last hello or request (clients send one every few s)
     starved_s: float = 0.0
     wait_share: float | None = None  # as reported by the client
     meter: RateMeter = field(default_factory=RateMeter)
@@ -139,7 +158,7 @@ def check_hello(header: dict) -> tuple[str, str, int, str]:
     if role not in ROLES:
         raise ProtocolError(f"role {str(role)[:40]!r} not one of {ROLES}")
     pid = header.get("pid", 0)
-    if type(pid) is not int or pid < 0:
+    if type(pid) is not int or not 0 <= pid < MAX_COUNT:
         raise ProtocolError("pid must be a non-negative int")
     return role, _text(header, "id"), pid, _text(header, "host")
 
@@ -156,6 +175,20 @@ def check_request(header: dict, max_batch: int, chunk_bytes: int) -> tuple[int, 
     if size * chunk_bytes > 64 << 20:
         raise ProtocolError(f"batch of {size} chunks would exceed 64 MiB")
     return credit, size, None if share is None else float(share)
+
+
+def check_song_reports(header: dict) -> tuple[list[str], list[tuple[str, str]]]:
+    """Optional ``songs_done`` ([song_id]) and ``songs_failed`` ([[song_id, reason]]) of a
+    worker's song_request or chunks header -> (done, failed)."""
+    done, failed = header.get("songs_done", []), header.get("songs_failed", [])
+    if not isinstance(done, list) or len(done) > MAX_REPORTS or not all(
+            isinstance(s, str) and 0 < len(s) <= MAX_ID_CHARS for s in done):
+        raise ProtocolError(f"songs_done must be a list of at most {MAX_REPORTS} song ids")
+    if not isinstance(failed, list) or len(failed) > MAX_REPORTS or not all(
+            isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) and 0 < len(x) <= MAX_ID_CHARS
+                                                        for x in f) for f in failed):
+        raise ProtocolError(f"songs_failed must be a list of at most {MAX_REPORTS} [song_id, reason]")
+    return done, [(f[0], f[1]) for f in failed]
 
 
 def parse_ctl(header: dict, max_reuse: int) -> tuple[str, str, int | None]:

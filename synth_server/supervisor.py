@@ -46,6 +46,7 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._slots: list[_Slot] = []
         self._retiring: list[_Slot] = []
+        self._exited: list[tuple[str, int | None]] = []
 
     # -- queries ------------------------------------------------------------------------------
     @property
@@ -57,6 +58,12 @@ class Supervisor:
 
     def owns(self, worker_id: str) -> bool:
         return any(s.worker_id == worker_id for s in self._slots)
+
+    def take_exited(self) -> list[tuple[str, int | None]]:
+        """``(worker_id, exit code)`` of active workers found dead since the last call (a negative
+        code is the signal that killed it); retired workers are not listed."""
+        out, self._exited = self._exited, []
+        return out
 
     def pids(self) -> list[int]:
         """Pids of every child still running (active and retiring)."""
@@ -123,6 +130,7 @@ class Supervisor:
 
     def _schedule_restart(self, slot: _Slot, proc, now: float) -> list[str]:
         proc.join(timeout=0)
+        self._exited.append((slot.worker_id, proc.exitcode))
         lived = now - slot.started
         slot.fast_fails = slot.fast_fails + 1 if lived < FAST_FAIL_S else 0
         delay = min(MAX_BACKOFF_S, 2.0 ** (slot.fast_fails - 1)) if slot.fast_fails else 0.0

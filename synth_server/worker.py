@@ -3,9 +3,12 @@
 Protocol (docs/streaming.md): hello -> welcome (source config, seed, songs) -> loop { pick a song
 at random (weighted by duration), song_request -> song_data (MIDI bytes), render/chunk/filter
 with ``pipeline.song_chunks``, send "chunks" messages of at most ``send_batch`` chunks, never
-more than the granted credit }. A second thread sends a heartbeat every ``heartbeat_s`` on its
-own socket (also while rendering or blocked on credit). Counters in "chunks" and "heartbeat"
-headers are cumulative since the worker's start.
+more than the granted credit }. A second thread (``heartbeat``) sends a heartbeat every ``heartbeat_s`` on
+its own socket (also while rendering or blocked on credit) and ends the process when the main
+thread hangs in one song. Counters in "chunks" and "heartbeat" headers are cumulative since the
+worker's start. "song_request" and "chunks" headers also carry ``songs_done`` (songs whose visit
+ended normally) and ``songs_failed`` (``[song_id, reason]`` of songs this worker gave up on)
+since the previous such message, so the broker can stop handing out songs that keep failing.
 """
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -23,18 +25,21 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from .midi_io import CallTimeout, MidiError, call_with_timeout, load_midi
+from .heartbeat import Heartbeat, open_dealer
+from .midi_io import CallTimeout, MidiError, call_with_timeout, load_midi_bytes
 from .pipeline import song_chunks
 from .protocol import BatchSpec, ProtocolError, decode, encode, encode_batch, to_wire
 from .render import Renderer, RenderError
-from .serve_config import WorkerConfig, load_client_curve, parse_worker_welcome
+from .serve_config import WorkerConfig, parse_worker_welcome
 from .soundfont import resolve_soundfonts
-from .stats import RateMeter
 
 log = logging.getLogger(__name__)
 
 PARSE_TIMEOUT_S = 20.0
 MAX_SONG_BYTES = 16 * 1024 * 1024
+STALL_MARGIN_S = 15.0    # beyond the parse/render time limits before the watchdog fires
+MAX_REPORTS = 64         # song outcomes carried by one message at most
+REPORTED = ("parse", "parse_timeout", "render", "render_timeout")
 EXIT_OK, EXIT_CONFIG = 0, 2
 
 
@@ -50,69 +55,6 @@ class WorkerSetupError(ValueError):
     """A welcome the worker cannot use, or no song left that renders."""
 
 
-def open_dealer(ctx: zmq.Context, cfg: WorkerConfig) -> zmq.Socket:
-    """A DEALER socket connected to the broker (CURVE client when ``cfg.curve_keys``)."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    if cfg.curve_keys is not None:
-        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = load_client_curve(cfg.curve_keys)
-    sock.connect(cfg.connect)
-    return sock
-
-
-class Heartbeat(threading.Thread):
-    """Sends ``{"type": "heartbeat", "id", "counters", "rate"}`` every ``cfg.heartbeat_s``.
-
-    ``rate`` is kept chunks per busy second (time not blocked on credit or song data) over the
-    last ~10 s: the worker's production capacity. Sets ``rehello`` when the broker answers that
-    it does not know us, and ``stop`` when the parent process (local workers) is gone.
-    """
-
-    def __init__(self, ctx: zmq.Context, cfg: WorkerConfig, worker_id: str, stop: threading.Event):
-        super().__init__(name="heartbeat", daemon=True)
-        self.sock = open_dealer(ctx, cfg)
-        self.cfg, self.worker_id, self.stop = cfg, worker_id, stop
-        self.rehello = threading.Event()
-        self.welcomed = threading.Event()     # beats start once the broker knows us
-        self.status: dict = {"counters": {}, "busy_s": 0.0}   # replaced whole by the main thread
-        self._meter = RateMeter(window_s=10.0)
-        self._meter.update(0.0, 0)
-        self._busy = 0.0
-
-    def run(self) -> None:
-        try:
-            while not self.stop.wait(self.cfg.heartbeat_s):
-                if self.cfg.parent_pid is not None and os.getppid() != self.cfg.parent_pid:
-                    log.warning("parent process %s is gone; stopping", self.cfg.parent_pid)
-                    self.stop.set()
-                if self.welcomed.is_set():
-                    self._beat()
-                self._read_replies()
-        finally:
-            self.sock.close(linger=0)
-
-    def _beat(self) -> None:
-        status = self.status
-        if status["busy_s"] > self._busy:      # blocked the whole beat: keep the last rate
-            self._busy = status["busy_s"]
-            self._meter.update(self._busy, status["counters"].get("kept", 0))
-        msg = encode({"type": "heartbeat", "id": self.worker_id, "counters": status["counters"],
-                      "rate": round(self._meter.rate(), 3)})
-        try:
-            self.sock.send_multipart(msg, zmq.NOBLOCK)
-        except zmq.Again:
-            pass    # broker unreachable; queue full; try again next beat
-
-    def _read_replies(self) -> None:
-        while self.sock.poll(0):
-            try:
-                header, _ = decode(self.sock.recv_multipart())
-            except ProtocolError:
-                continue
-            if header.get("type") == "error" and header.get("code") == "hello_first":
-                self.rehello.set()
-
-
 class Worker:
     """State of one worker process; ``run`` returns an exit code."""
 
@@ -120,7 +62,7 @@ class Worker:
         self.cfg, self.soundfonts, self.stop = cfg, soundfonts, stop
         self.worker_id = cfg.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.sock = open_dealer(ctx, cfg)
-        self.beat = Heartbeat(ctx, cfg, self.worker_id, stop)
+        self.beat = Heartbeat(ctx, cfg, self.worker_id, stop, stall_s=PARSE_TIMEOUT_S + STALL_MARGIN_S)
         self.counters: Counter = Counter()
         self.credit = 0
         self.outbox: list = []
@@ -131,7 +73,8 @@ class Worker:
         self._blocked_s = 0.0
         self._start = time.monotonic()
         self._song_reply: tuple[dict, memoryview | None] | None = None
-        self._tmp = tempfile.TemporaryDirectory(prefix="stemstream-worker-")
+        self._done: list[str] = []                 # outcomes not yet reported to the broker
+        self._failed: list[list[str]] = []
 
     # -- plumbing -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -139,7 +82,6 @@ class Worker:
         if self.beat.is_alive():
             self.beat.join(timeout=2 * self.cfg.heartbeat_s + 1)
         self.sock.close(linger=0)
-        self._tmp.cleanup()
 
     def _send(self, frames: list) -> None:
         """Send without ever blocking past a stop request (the broker may be unreachable)."""
@@ -148,9 +90,17 @@ class Worker:
                 raise _Stop
         self.sock.send_multipart(frames, copy=False)
 
-    def _publish(self) -> None:
-        busy = time.monotonic() - self._start - self._blocked_s
-        self.beat.status = {"counters": dict(self.counters), "busy_s": busy}
+    def _publish(self, song: str | None = None) -> None:
+        """Hand the heartbeat thread fresh figures; ``song`` while a parse/render step of it runs."""
+        now = time.monotonic()
+        self.beat.status = {"counters": dict(self.counters), "busy_s": now - self._start - self._blocked_s,
+                            "song": song, "t": now}
+
+    def _reports(self) -> dict:
+        """Song outcomes since the last report (header fields), then forget them."""
+        out = {"songs_done": self._done[-MAX_REPORTS:], "songs_failed": self._failed[-MAX_REPORTS:]}
+        self._done, self._failed = [], []
+        return out
 
     def _poll(self, timeout_ms: int) -> None:
         """Handle every message that arrives within ``timeout_ms`` (0: only those queued)."""
@@ -179,10 +129,13 @@ class Worker:
             log.info("broker says shutdown")
             self.stop.set()
             raise _Stop
-        elif kind in ("song_data", "error") and header.get("code") != "hello_first":
+        elif kind == "song_data" or (kind == "error" and "song_id" in header):
             self._song_reply = (header, payload)
-        elif kind == "error":
+        elif kind == "error" and header.get("code") == "hello_first":
             raise _Rehello
+        elif kind == "error":
+            self.counters["broker_errors"] += 1
+            log.warning("broker refused a message: %s", str(header.get("message"))[:200])
 
     # -- session ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -238,6 +191,7 @@ class Worker:
             self.weights[i] *= song_id not in self.bad
         self.spec = BatchSpec(source.audio.sample_rate, source.audio.target, source.audio.context,
                               tuple(c.name for c in source.corpus.classes), dtype)
+        self.beat.stall_s = max(source.render.render_timeout, PARSE_TIMEOUT_S) + STALL_MARGIN_S
         if self.renderer is None or self._render_key != self._renderer_settings():
             self._build_renderer()
         log.info("worker %s ready: %d songs, seed %s", self.worker_id, len(songs), seed)
@@ -274,6 +228,8 @@ class Worker:
     # -- songs --------------------------------------------------------------------------------
     def _fail(self, song_id: str, reason: str, permanent: bool = True) -> None:
         self.counters["song_failed_" + reason] += 1
+        if reason in REPORTED:
+            self._failed.append([song_id, reason])
         if permanent:
             self.bad.add(song_id)
             self.cache.pop(song_id, None)
@@ -287,10 +243,9 @@ class Worker:
         data = self._fetch(song_id)
         if data is None:
             return None
-        path = Path(self._tmp.name) / "song.mid"
-        path.write_bytes(data)
+        self._publish(song_id)
         try:
-            midi = call_with_timeout(load_midi, PARSE_TIMEOUT_S, path, MAX_SONG_BYTES)
+            midi = call_with_timeout(load_midi_bytes, PARSE_TIMEOUT_S, data, MAX_SONG_BYTES)
         except MidiError as exc:
             self._fail(song_id, "parse")
             log.warning("song %s does not parse: %s", song_id, exc)
@@ -298,6 +253,8 @@ class Worker:
         except CallTimeout:
             self._fail(song_id, "parse_timeout")
             return None
+        finally:
+            self._publish()
         self.cache[song_id] = midi
         while len(self.cache) > self.cfg.song_cache:
             self.cache.popitem(last=False)
@@ -306,7 +263,7 @@ class Worker:
     def _fetch(self, song_id: str) -> bytes | None:
         """MIDI bytes from the broker, or None (counted) on an error reply or a timeout."""
         self._song_reply = None
-        self._send(encode({"type": "song_request", "song_id": song_id}))
+        self._send(encode({"type": "song_request", "song_id": song_id, **self._reports()}))
         t0 = time.monotonic()
         try:
             while self._song_reply is None and time.monotonic() - t0 < self.cfg.reply_timeout:
@@ -325,9 +282,21 @@ class Worker:
         return bytes(payload)
 
     def _render_song(self, song_id: str, midi) -> None:
+        """One visit of a song: its kept chunks go to the outbox (sent within credit).
+
+        Each step (up to the next kept chunk) is cut off after ``render_timeout``, which fails
+        the song; the whole visit may spend at most that long rendering too (a long song that
+        keeps a chunk only now and then): then the visit just ends ("song_visits_cut").
+        """
         chunks = song_chunks(midi, song_id, self.renderer, self.source, self.rng, self.counters)
         timeout = self.source.render.render_timeout
+        spent = 0.0
         while True:
+            if spent > timeout:
+                self.counters["song_visits_cut"] += 1
+                break
+            t0 = time.monotonic()
+            self._publish(song_id)
             try:
                 chunk = call_with_timeout(next, timeout, chunks, None)
             except CallTimeout:
@@ -338,13 +307,16 @@ class Worker:
                 self._fail(song_id, "render")
                 log.warning("song %s does not render: %s: %s", song_id, type(exc).__name__, exc)
                 return
+            finally:
+                spent += time.monotonic() - t0
+                self._publish()
             if chunk is None:
-                return
+                break
             self.outbox.append(chunk)
-            self._publish()
             self._poll(0)
             if len(self.outbox) >= self.cfg.send_batch:
                 self._flush(block=True)
+        self._done.append(song_id)
 
     # -- sending ------------------------------------------------------------------------------
     def _flush(self, block: bool) -> None:
@@ -373,7 +345,7 @@ class Worker:
         self.counters["sent"] += len(chunks)
         self.counters["clipped_samples"] += clipped
         meta = [{"song": c.song_id, "offset": int(c.offset), "uses": 0} for c in chunks]
-        self._send(encode_batch("chunks", self.spec, stems, meta, counters=dict(self.counters)))
+        self._send(encode_batch("chunks", self.spec, stems, meta, counters=dict(self.counters), **self._reports()))
         self._publish()
 
 

@@ -313,7 +313,6 @@ def _loop(run: _Run, client: StreamClient, logger: RunLogger, stop: threading.Ev
     """Steps up to ``cfg.steps``; returns True when stopped early by ``stop``."""
     cfg = run.cfg
     window = _Window(len(run.spec.stems), run.device)
-    report_wait = getattr(client, "report_wait_share", None)    # newer clients tell the broker
     while run.step < cfg.steps:
         t0 = time.perf_counter()
         # DDP ranks only stop together, at log steps (``_stop_agreed``)
@@ -331,8 +330,6 @@ def _loop(run: _Run, client: StreamClient, logger: RunLogger, stop: threading.Ev
         if run.step % cfg.log_every == 0 or run.step == cfg.steps:
             row = logger.write(_window_row(run, window, client))
             run.last_loss = row["loss"]
-            if report_wait is not None:
-                report_wait(row["wait_share"])
             window = _Window(len(run.spec.stems), run.device)
         if run.step % cfg.checkpoint_every == 0:
             run.save()
