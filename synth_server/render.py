@@ -24,6 +24,7 @@ BLOCK = 64                # FluidSynth's internal block size (samples)
 MAX_EVENTS = 500_000      # per excerpt and stem; more is hostile input
 _NOTE_OFF, _CONTROL, _NOTE_ON = 0, 1, 2   # order of events that share a sample
 _DRUM_BANK = 128
+_FLUID_WARN, _FLUID_INFO = 2, 3   # fluid_log_level
 
 
 class RenderError(RuntimeError):
@@ -94,6 +95,13 @@ def _bind_c_functions():
                         ("chan", c_int, 1), ("type", c_int, 1))
     if write_float is None or set_type is None:
         raise RenderError("libfluidsynth lacks fluid_synth_write_float/set_channel_type (need >= 2.0)")
+    set_log = fs.cfunc("fluid_set_log_function", c_void_p, ("level", c_int, 1), ("fun", c_void_p, 1),
+                       ("data", c_void_p, 1))
+    if set_log is not None:
+        # a hostile song (thousands of simultaneous notes) makes FluidSynth print a warning per
+        # stolen voice; those go nowhere useful and can fill a pipe nobody reads. Errors still print.
+        for level in (_FLUID_WARN, _FLUID_INFO):
+            set_log(level, None, None)
     return fs, write_float, set_type
 
 

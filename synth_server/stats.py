@@ -120,6 +120,9 @@ def format_stats(s: dict[str, Any]) -> str:
     lines += _fmt_workers(s["workers"])
     lines.append("rejected  " + _fmt_counts(s["rejections"]))
     lines.append("song err  " + _fmt_counts(s["song_errors"]))
+    banned = s.get("banned_songs") or {"count": 0, "songs": []}
+    lines.append(f"banned    {banned['count']} songs" + "".join(
+        f"\n  {b['path']}: {b['reason']}" for b in banned["songs"][:10]))
     lines += _fmt_clients(s["clients"])
     lines.append(f"malformed {s['malformed']}  ({_fmt_counts(s['errors'])})")
     return "\n".join(lines)
@@ -167,6 +170,8 @@ def prometheus_text(s: dict[str, Any]) -> str:
             [({"reason": k}, v) for k, v in sorted(s["rejections"].items())])
     _metric(out, "song_errors_total", "counter", "Songs skipped by workers",
             [({"reason": k}, v) for k, v in sorted(s["song_errors"].items())])
+    _metric(out, "banned_songs", "gauge", "Songs no longer handed out (failed or killed workers)",
+            [({}, (s.get("banned_songs") or {}).get("count", 0))])
     _metric(out, "malformed_total", "counter", "Malformed messages dropped",
             [({"reason": k}, v) for k, v in sorted(s["errors"].items())] or [({"reason": "none"}, 0)])
     _metric(out, "client_starved_share", "gauge", "Share of time a client waited on an empty pool",

@@ -115,3 +115,14 @@ def test_controllers_before_excerpt_are_replayed():
 def test_reverb_setting_is_verified_and_applied():
     r = make_renderer(PITCHED, reverb=True)
     assert r.synth.get_setting("synth.reverb.active") == 1
+
+
+def test_voice_stealing_storm_is_rendered_quietly(renderer, capfd):
+    """2500 simultaneous notes: FluidSynth steals voices without printing a warning per voice."""
+    inst = pretty_midi.Instrument(0)
+    inst.notes += [pretty_midi.Note(100, 30 + i % 60, 0.1, 0.5) for i in range(2500)]
+    midi = pretty_midi.PrettyMIDI()
+    midi.instruments.append(inst)
+    stems = renderer.render(midi, 0, SR)
+    assert np.isfinite(stems).all() and np.abs(stems[1]).max() > 0.01
+    assert "warning" not in capfd.readouterr().err.lower()

@@ -50,8 +50,12 @@ def test_snapshot_groups_counters(snapshot):
 def test_text_view_names_every_section(snapshot):
     text = format_stats(snapshot)
     for part in ("chunks/s", "pool      0/10 chunks", "R=2 (fixed, max 8)", "workers   0 alive",
-                 "rejected  silence 18", "song err  parse 1", "clients   0", "malformed 2"):
+                 "rejected  silence 18", "song err  parse 1", "banned    0 songs", "clients   0", "malformed 2"):
         assert part in text
+    banned = {**snapshot, "banned_songs": {"count": 1, "songs": [
+        {"song_id": "0" * 16, "path": "a.mid", "reason": "killed 3 workers"}]}}
+    assert "banned    1 songs\n  a.mid: killed 3 workers" in format_stats(banned)
+    assert "stemstream_banned_songs 1" in prometheus_text(banned).splitlines()
 
 
 def test_prometheus_text_is_well_formed(snapshot):
