@@ -74,14 +74,14 @@ def bare_render(r: Renderer, midi, start: int, length: int) -> None:
     time order, float writes between them; no block grid, state replay, silence check or chunking."""
     sr, fs, synth = AUDIO.sample_rate, r._fs, r.synth.synth
     r0 = max(0, start - int(r.cfg.preroll * sr))
-    buf = np.empty((start + length - r0, 2), np.float32)
+    buf = np.empty((2, start + length - r0), np.float32)
     for insts in r.class_instruments(midi):
         events = []
         for ch, inst in enumerate(insts):
             r.synth.program_select(ch, r._sfids[0], 128 if inst.is_drum else 0, inst.program)
             for n in inst.notes:
                 on, off = int(n.start * sr), int(n.end * sr)
-                if off > r0 and on < r0 + len(buf):
+                if off > r0 and on < r0 + buf.shape[1]:
                     events.append((max(on, r0), 1, ch, n.pitch, n.velocity))
                     events.append((off, 0, ch, n.pitch, 0))
             events += [(max(r0, int(c.time * sr)), 2, ch, c.number, c.value) for c in inst.control_changes]
@@ -92,11 +92,11 @@ def bare_render(r: Renderer, midi, start: int, length: int) -> None:
             synth, ch, a, b), lambda ch, a, b: fs.fluid_synth_cc(synth, ch, a, b),
             lambda ch, a, b: fs.fluid_synth_pitch_bend(synth, ch, a))
         for t, kind, ch, a, b in events:
-            t = min(t, r0 + len(buf))
+            t = min(t, r0 + buf.shape[1])
             r._write(buf, cursor - r0, t - r0)
             cursor = t
             play[kind](ch, a, b)
-        r._write(buf, cursor - r0, len(buf))
+        r._write(buf, cursor - r0, buf.shape[1])
         for ch in range(len(insts)):   # stop voices at once so no tail leaks into the next render
             fs.fluid_synth_all_sounds_off(synth, ch)
         fs.fluid_synth_system_reset(synth)

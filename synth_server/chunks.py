@@ -46,12 +46,14 @@ def target_figures(stems: np.ndarray, audio: AudioConfig) -> dict[str, np.ndarra
     """
     n = chunk_count(stems.shape[1], audio)
     t, c = audio.target, audio.context
-    region = stems[:, c:c + n * t].reshape(stems.shape[0], n, t).astype(np.float64)
-    mix = region.sum(axis=0)                                  # (n, t)
-    e_mix = np.einsum("nt,nt->n", mix, mix)                   # (n,)
-    e_stem = np.einsum("snt,snt->ns", region, region)         # (n, S)
-    cross = np.einsum("snt,nt->ns", region, mix)              # (n, S)
-    e_res = np.maximum(e_mix[:, None] - 2 * cross + e_stem, 0.0)
+    region = stems[:, c:c + n * t].reshape(stems.shape[0], n, t)  # a view, float32
+    mix = region.sum(axis=0)                                       # (n, t)
+    residual = mix[None] - region                                  # (S, n, t): mixture minus each stem
+    # float32 products summed in float32: relative error ~1e-5 over a 4410-sample target, far
+    # below what a dB threshold can see, and no float64 copy of the excerpt
+    e_mix = np.einsum("nt,nt->n", mix, mix).astype(np.float64)
+    e_stem = np.einsum("snt,snt->ns", region, region).astype(np.float64)
+    e_res = np.einsum("snt,snt->ns", residual, residual).astype(np.float64)
     denom = np.maximum(e_mix, _TINY)[:, None]
     return {
         "mix_db": 10 * np.log10(np.maximum(e_mix / t, _TINY)),

@@ -13,76 +13,19 @@ from __future__ import annotations
 
 import hashlib
 from ctypes import c_int, c_void_p
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import AudioConfig, InstrumentClass, RenderConfig
+from .events import BLOCK, BEND, CONTROL, NOTE_OFF, NOTE_ON, EventError, instrument_events, stem_events
 
-BLOCK = 64                # FluidSynth's internal block size (samples)
-MAX_EVENTS = 500_000      # per excerpt and stem; more is hostile input
-_NOTE_OFF, _CONTROL, _NOTE_ON = 0, 1, 2   # order of events that share a sample
 _DRUM_BANK = 128
 _FLUID_WARN, _FLUID_INFO = 2, 3   # fluid_log_level
 
 
 class RenderError(RuntimeError):
     """A song that cannot be rendered (too many events, unknown presets, ...)."""
-
-
-@dataclass(frozen=True)
-class Event:
-    sample: int   # absolute sample index in the song, a multiple of BLOCK
-    order: int    # _NOTE_OFF < _CONTROL < _NOTE_ON at the same sample
-    kind: str     # "on", "off", "cc", "bend"
-    channel: int
-    a: int = 0    # pitch or controller
-    b: int = 0    # velocity, controller value or bend (0..16383)
-
-
-def to_grid(seconds: float, sample_rate: int) -> int:
-    """Nearest multiple of BLOCK to ``seconds`` (absolute sample index)."""
-    return int(round(seconds * sample_rate / BLOCK)) * BLOCK
-
-
-def stem_events(instruments, start: int, end: int, sample_rate: int) -> list[Event]:
-    """Events of ``instruments`` (each on its own channel, list index) for a render of [start, end).
-
-    ``start`` and ``end`` are multiples of BLOCK. Controller and pitch-bend state from before
-    ``start`` is replayed at ``start``; notes sounding at ``start`` restart there; events at or
-    after ``end`` are dropped. Sorted by (sample, order).
-    """
-    events: list[Event] = []
-    for ch, inst in enumerate(instruments):
-        last_cc: dict[int, int] = {}
-        last_bend = None
-        for cc in inst.control_changes:
-            t = to_grid(cc.time, sample_rate)
-            if t < start:
-                last_cc[cc.number] = cc.value
-            elif t < end:
-                events.append(Event(t, _CONTROL, "cc", ch, cc.number, cc.value))
-        for pb in inst.pitch_bends:
-            t = to_grid(pb.time, sample_rate)
-            if t < start:
-                last_bend = pb.pitch
-            elif t < end:
-                events.append(Event(t, _CONTROL, "bend", ch, 0, pb.pitch + 8192))
-        events.extend(Event(start, _CONTROL, "cc", ch, num, val) for num, val in last_cc.items())
-        if last_bend is not None:
-            events.append(Event(start, _CONTROL, "bend", ch, 0, last_bend + 8192))
-        for note in inst.notes:
-            on, off = to_grid(note.start, sample_rate), to_grid(note.end, sample_rate)
-            if off < start or on >= end or (off == start and on < start):
-                continue
-            events.append(Event(max(on, start), _NOTE_ON, "on", ch, note.pitch, note.velocity))
-            if off < end:
-                events.append(Event(off, _NOTE_OFF, "off", ch, note.pitch))
-        if len(events) > MAX_EVENTS:
-            raise RenderError(f"more than {MAX_EVENTS} events in one excerpt")
-    events.sort(key=lambda e: (e.sample, e.order))
-    return events
 
 
 def _bind_c_functions():
@@ -128,6 +71,7 @@ class Renderer:
             if sfid < 0:
                 raise RenderError(f"FluidSynth could not load soundfont {path}")
             self._sfids.append(sfid)
+        self._song, self._song_tracks = None, []
         self._silence()
         self._warm_up()
 
@@ -147,10 +91,11 @@ class Renderer:
 
     # -- low level ------------------------------------------------------------------------------
     def _write(self, out: np.ndarray, begin: int, end: int) -> None:
-        """Render samples [begin, end) of ``out`` (frames, 2) float32 in place; both multiples of BLOCK."""
+        """Render samples [begin, end) of ``out`` ``(2, frames)`` float32 (left, right rows, each
+        C-contiguous) in place; both multiples of BLOCK."""
         if end > begin:
-            ptr = out.ctypes.data + begin * 8
-            self._write_float(self.synth.synth, end - begin, ptr, 0, 2, ptr, 1, 2)
+            left, right = out[0].ctypes.data + begin * 4, out[1].ctypes.data + begin * 4
+            self._write_float(self.synth.synth, end - begin, left, 0, 1, right, 0, 1)
 
     def _silence(self, max_blocks: int = 2_000) -> None:
         """Stop every voice at once and render until a block is silent.
@@ -158,21 +103,22 @@ class Renderer:
         Exactly silent without effects; with reverb or chorus on, their tails decay below
         -120 dBFS (1e-6) before the next stem starts.
         """
-        for ch in range(self.channels):
-            self._fs.fluid_synth_all_sounds_off(self.synth.synth, ch)
+        # reset first: FluidSynth 2.3 drops voice-off events still queued when a system reset
+        # follows them, and the voices then ring on for seconds. Channel -1 is every channel.
         self._fs.fluid_synth_system_reset(self.synth.synth)
+        self._fs.fluid_synth_all_sounds_off(self.synth.synth, -1)
         floor = 1e-6 if (self.cfg.reverb or self.cfg.chorus) else 0.0
-        block = np.zeros((BLOCK * 16, 2), np.float32)
+        block = np.zeros((2, BLOCK * 16), np.float32)
         for _ in range(max_blocks):
-            self._write(block, 0, len(block))
+            self._write(block, 0, block.shape[1])
             if np.abs(block).max() <= floor:
                 return
         raise RenderError("synth did not fall silent after a reset")
 
     def _warm_up(self) -> None:
-        buf = np.zeros((BLOCK * 256, 2), np.float32)
+        buf = np.zeros((2, BLOCK * 256), np.float32)
         self._fs.fluid_synth_noteon(self.synth.synth, 0, 60, 100)
-        self._write(buf, 0, len(buf))
+        self._write(buf, 0, buf.shape[1])
         self._silence()
 
     def _setup_channel(self, ch: int, inst, sfid: int) -> None:
@@ -184,16 +130,16 @@ class Renderer:
             if self.synth.program_select(ch, sfid, bank, 0) < 0:
                 raise RenderError(f"soundfont has no preset in bank {bank}")
 
-    def _play(self, ev: Event) -> None:
+    def _play(self, kind: int, ch: int, a: int, b: int) -> None:
         s = self.synth.synth
-        if ev.kind == "on":
-            self._fs.fluid_synth_noteon(s, ev.channel, ev.a, ev.b)
-        elif ev.kind == "off":
-            self._fs.fluid_synth_noteoff(s, ev.channel, ev.a)
-        elif ev.kind == "cc":
-            self._fs.fluid_synth_cc(s, ev.channel, ev.a, ev.b)
-        else:
-            self._fs.fluid_synth_pitch_bend(s, ev.channel, ev.b)
+        if kind == NOTE_ON:
+            self._fs.fluid_synth_noteon(s, ch, a, b)
+        elif kind == NOTE_OFF:
+            self._fs.fluid_synth_noteoff(s, ch, a)
+        elif kind == CONTROL:
+            self._fs.fluid_synth_cc(s, ch, a, b)
+        elif kind == BEND:
+            self._fs.fluid_synth_pitch_bend(s, ch, b)
 
     # -- public ---------------------------------------------------------------------------------
     def soundfont_for(self, song_id: str) -> int:
@@ -211,6 +157,16 @@ class Renderer:
                     break
         return groups
 
+    def _tracks(self, midi) -> list[list]:
+        """Per class, the grid events of its instruments (``events.InstrumentEvents``); built
+        once per song and kept while the same song is rendered."""
+        if self._song is not midi:
+            sr = self.audio.sample_rate
+            self._song_tracks = [[instrument_events(inst, sr) for inst in insts]
+                                 for insts in self.class_instruments(midi)]
+            self._song = midi
+        return self._song_tracks
+
     def render(self, midi, start: int, length: int, soundfont: int = 0) -> np.ndarray:
         """Stems of samples [start, start + length) of a song -> ``(stems, length)`` float32.
 
@@ -224,22 +180,27 @@ class Renderer:
         r1 = -(-(start + length) // BLOCK) * BLOCK
         sfid = self._sfids[soundfont]
         out = np.zeros((len(self.classes), length), np.float32)
-        buf = np.empty((r1 - r0, 2), np.float32)
+        buf = np.empty((2, r1 - r0), np.float32)
+        tracks = self._tracks(midi)
         for i, insts in enumerate(self.class_instruments(midi)):
             if not insts:
                 continue
             if len(insts) > self.channels:
                 raise RenderError(f"class {self.classes[i].name}: {len(insts)} instruments > {self.channels} channels")
+            try:
+                events = stem_events(tracks[i], r0, r1)
+            except EventError as exc:
+                raise RenderError(str(exc)) from None
             for ch, inst in enumerate(insts):
                 self._setup_channel(ch, inst, sfid)
             cursor = r0
-            for ev in stem_events(insts, r0, r1, self.audio.sample_rate):
-                self._write(buf, cursor - r0, ev.sample - r0)
-                cursor = ev.sample
-                self._play(ev)
+            for sample, kind, ch, a, b in events.tolist():
+                self._write(buf, cursor - r0, sample - r0)
+                cursor = sample
+                self._play(kind, ch, a, b)
             self._write(buf, cursor - r0, r1 - r0)
             a = start - r0
-            np.add(buf[a:a + length, 0], buf[a:a + length, 1], out=out[i])
+            np.add(buf[0, a:a + length], buf[1, a:a + length], out=out[i])
             out[i] *= 0.5
             self._silence()
         return out

@@ -170,7 +170,7 @@ def test_worker_skips_hostile_songs_once_and_reports_them(hostile, fake_broker, 
         msg = sock.recv_multipart() if sock.poll(30_000) else pytest.fail("no hello from the worker")
         ident = msg[0]
         source = ChunkSourceConfig(corpus=CorpusConfig(root=tmp_path), audio=AudioConfig(target=1024, context=256),
-                                   render=RenderConfig(excerpt=1.0, render_timeout=3.0), max_chunks_per_song=4)
+                                   render=RenderConfig(excerpt=1.0, render_timeout=1.0), max_chunks_per_song=4)
         listed = [[name, 100.0] for name in songs]
         sock.send_multipart([ident, *encode({"type": "welcome", "source": source_to_json(source), "seed": 3,
                                              "dtype": "int16", "songs": listed})])

@@ -4,7 +4,8 @@ import pretty_midi
 import pytest
 
 from synth_server.config import DEFAULT_CLASSES, AudioConfig, InstrumentClass, RenderConfig
-from synth_server.render import BLOCK, Renderer, stem_events, to_grid
+from synth_server.events import BLOCK, BEND, CONTROL, NOTE_OFF, NOTE_ON, instrument_events, stem_events, to_grid
+from synth_server.render import Renderer
 from synth_server.soundfont import resolve_soundfonts
 
 SR = 44100
@@ -103,13 +104,18 @@ def test_distractor_never_reaches_the_stems(renderer):
 def test_controllers_before_excerpt_are_replayed():
     inst = pretty_midi.Instrument(0)
     inst.control_changes.append(pretty_midi.ControlChange(7, 20, 0.1))   # volume down early
+    inst.control_changes.append(pretty_midi.ControlChange(7, 90, 0.05))  # (out of order: sorted)
     inst.pitch_bends.append(pretty_midi.PitchBend(4000, 0.2))
     inst.notes.append(pretty_midi.Note(100, 60, 2.5, 2.9))
-    events = stem_events([inst], to_grid(2.0, SR), to_grid(3.0, SR), SR)
-    kinds = [(e.kind, e.a, e.b) for e in events if e.sample == to_grid(2.0, SR)]
-    assert ("cc", 7, 20) in kinds and ("bend", 0, 4000 + 8192) in kinds
-    assert all(e.sample % BLOCK == 0 for e in events)
-    assert [e.kind for e in events][-2:] == ["on", "off"]
+    inst.notes.append(pretty_midi.Note(100, 62, 1.5, 2.2))                # held across the start
+    inst.notes.append(pretty_midi.Note(100, 64, 0.5, 1.0))                # over before it
+    start, end = int(to_grid(2.0, SR)), int(to_grid(3.0, SR))
+    events = stem_events([instrument_events(inst, SR)], start, end).tolist()
+    at_start = [(k, a, b) for t, k, ch, a, b in events if t == start]
+    assert at_start == [(CONTROL, 7, 20), (BEND, 0, 4000 + 8192), (NOTE_ON, 62, 100)]
+    assert all(t % BLOCK == 0 for t, *_ in events)
+    assert [(k, a) for t, k, ch, a, b in events if t > start] == [
+        (NOTE_OFF, 62), (NOTE_ON, 60), (NOTE_OFF, 60)]
 
 
 def test_reverb_setting_is_verified_and_applied():
