@@ -42,3 +42,62 @@ def make_busy_midi(seconds: float = 6.0, shift: int = 0):
 def busy_midi():
     """Factory fixture: ``busy_midi(seconds, shift) -> PrettyMIDI`` (see ``make_busy_midi``)."""
     return make_busy_midi
+
+
+class ServeProcess:
+    """A `synth-server serve` subprocess in its own process group, its log and its address."""
+
+    def __init__(self, args: list, log_path):
+        import re
+        import subprocess
+        import sys
+        import time
+
+        self.log = open(log_path, "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "synth_server", "serve", *map(str, args), "--port", "0"],
+                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.address = None
+        deadline = time.monotonic() + 30
+        while self.address is None and time.monotonic() < deadline and self.proc.poll() is None:
+            time.sleep(0.2)
+            self.log.seek(0)
+            found = re.search(r"broker on (tcp://[^\s:]+:\d+)", self.log.read())
+            self.address = found.group(1) if found else None
+        if self.address is None:
+            self.stop(signal_name="SIGKILL")
+            self.log.seek(0)
+            pytest.fail("serve did not start:\n" + self.log.read())
+
+    def stop(self, signal_name: str = "SIGTERM", timeout: float = 15) -> int:
+        """Signal the process group; SIGKILL it after ``timeout``; returns the exit code."""
+        import os
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, getattr(signal, signal_name))
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait(5)
+        self.log.close()
+        return code
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Factory fixture: ``serve(*flags) -> ServeProcess`` on a free port; stopped at teardown."""
+    started = []
+
+    def start(*args):
+        started.append(ServeProcess(list(args), tmp_path / f"serve{len(started)}.log"))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if not process.log.closed:
+            process.stop(signal_name="SIGKILL", timeout=5)

@@ -16,7 +16,6 @@ import mido
 import numpy as np
 import pretty_midi
 import pytest
-import zmq
 
 from synth_server.cli import main
 from synth_server.config import AudioConfig, ChunkSourceConfig, CorpusConfig, RenderConfig
@@ -144,16 +143,6 @@ def test_analyze_and_dump_skip_hostile_files(hostile, tmp_path, capsys, busy_mid
                  "--excerpt", "1", "--max-chunks-per-song", "2", "--min-notes", "4"])
     assert code == 0
     assert len([p for p in out.iterdir() if p.is_dir()]) == 6
-
-
-@pytest.fixture
-def fake_broker():
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    yield sock, f"tcp://127.0.0.1:{port}"
-    ctx.destroy(linger=0)
 
 
 def test_worker_skips_hostile_songs_once_and_reports_them(hostile, fake_broker, tmp_path, busy_midi):

@@ -1,12 +1,9 @@
 """`serve` end to end on loopback: 2 local workers on a tiny corpus -> StreamClient batches;
 ctl/stats over the CLI; two clients get disjoint chunks; SIGTERM leaves no child process."""
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,37 +41,17 @@ def watchdog():
 
 
 @pytest.fixture
-def server(tmp_path, watchdog, busy_midi):
+def server(tmp_path, watchdog, busy_midi, serve):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(4):
         busy_midi(6.0, i).write(str(corpus / f"song{i}.mid"))
-    log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen(
-        [*PY, "serve", "--corpus", str(corpus), "--workers", "2", "--pool-size", "96", "--port", "0",
-         "--target", "1024", "--context", "256", "--excerpt", "1.0", "--max-chunks-per-song", "24",
-         "--split", "train", "--jobs", "1"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = None
-    deadline = time.monotonic() + 30
-    while address is None and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        log.seek(0)
-        m = re.search(r"broker on (tcp://[^\s:]+:\d+)", log.read())
-        address = m.group(1) if m else None
-    if address is None:
-        proc.kill()
-        log.seek(0)
-        pytest.fail("serve did not start:\n" + log.read())
-    yield proc, address, log
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(5)
-    log.close()
+    return serve("--corpus", corpus, "--workers", 2, "--pool-size", 96, "--target", 1024, "--context", 256,
+                 "--excerpt", 1.0, "--max-chunks-per-song", 24, "--split", "train", "--jobs", 1)
 
 
 def test_serve_streams_batches_and_obeys_ctl_and_sigterm(server):
-    proc, address, log = server
+    proc, address, log = server.proc, server.address, server.log
     with StreamClient(address, batch_size=8, prefetch=2, timeout=30, client_id="a") as client:
         batches = [next(client) for _ in range(4)]
     for batch in batches:
@@ -120,6 +97,7 @@ def test_serve_streams_batches_and_obeys_ctl_and_sigterm(server):
     assert not [pid for pid in worker_pids if alive(pid)]
     log.seek(0)
     out = log.read()
+    log.close()
     assert "pool budget" in out and "broker stopped" in out
     assert cli("stats", "--connect", address, "--timeout", "0.5").returncode == 3
 

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pretty_midi
-import pytest
-import zmq
 
 from synth_server.config import AudioConfig, ChunkSourceConfig, CorpusConfig, RenderConfig
 from synth_server.protocol import BatchSpec, decode, decode_batch, encode
@@ -29,16 +27,6 @@ def song_bytes(tmp_path: Path) -> bytes:
         midi.instruments.append(inst)
     midi.write(str(tmp_path / "good.mid"))
     return (tmp_path / "good.mid").read_bytes()
-
-
-@pytest.fixture
-def fake_broker():
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    yield sock, f"tcp://127.0.0.1:{port}"
-    ctx.destroy(linger=0)
 
 
 def recv(sock, timeout=10.0):

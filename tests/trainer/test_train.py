@@ -12,7 +12,8 @@ from trainer.config import DistConfig, TrainConfig, resolve_amp, resolve_compile
 from trainer.logging_utils import MetricsLog, RunLogger, server_figures
 from trainer.losses import mae_loss
 from trainer.models import build_model, preset, required_context
-from trainer.train import StepRunner, remix_stems, stems_to_device
+from synth_server.client import stems_to_torch
+from trainer.train import StepRunner, remix_stems
 
 CONTEXT, TARGET = 40, 64
 WINDOW = 2 * CONTEXT + TARGET
@@ -93,11 +94,11 @@ def test_remix_needs_generator():
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.int16, np.float32])
-def test_stems_to_device_casts_wire_dtypes(dtype):
+def test_stems_to_torch_casts_wire_dtypes(dtype):
     x = np.array([[[0.5, -0.25, 1.0]]], dtype=np.float32)
     wire = np.rint(x * 32767).astype(np.int16) if dtype == np.int16 else x.astype(dtype)
     wire.setflags(write=False)                                    # like a received frame
-    out = stems_to_device(wire, torch.device("cpu"))
+    out = stems_to_torch(wire, torch.device("cpu"))
     assert out.dtype == torch.float32 and out.shape == (1, 1, 3)
     assert np.allclose(out.numpy(), x, atol=1e-4)
 

@@ -1,8 +1,6 @@
 """`trainer train` end to end against a real `synth-server serve` on loopback (tiny model, CPU):
 checkpoints, metrics rows, config.json, resume from 6 to 8, a clean stop on Ctrl-C."""
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,36 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def server(tmp_path, busy_midi):
+def server(tmp_path, busy_midi, serve):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(3):
         busy_midi(5.0, i).write(str(corpus / f"song{i}.mid"))
-    log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "synth_server", "serve", "--corpus", str(corpus), "--workers", "1",
-         "--pool-size", "64", "--port", "0", "--target", "1024", "--context", "256", "--excerpt", "1.0",
-         "--split", "train", "--jobs", "1", "--reuse", "2"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = None
-    deadline = time.monotonic() + 30
-    while address is None and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        log.seek(0)
-        m = re.search(r"broker on (tcp://[^\s:]+:\d+)", log.read())
-        address = m.group(1) if m else None
-    if address is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log.seek(0)
-        pytest.fail("serve did not start:\n" + log.read())
-    yield address
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    log.close()
+    return serve("--corpus", corpus, "--workers", 1, "--pool-size", 64, "--target", 1024, "--context", 256,
+                 "--excerpt", 1.0, "--split", "train", "--jobs", 1, "--reuse", 2).address
 
 
 def train_args(address: str, run_dir: Path, steps: int, *extra: str) -> list[str]:
