@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from synth_server.client import StreamClient
+from synth_server.client import StreamClient, stems_to_torch
 from synth_server.protocol import BatchSpec
 
 from .checkpoint import CheckpointManager, LoadedCheckpoint, check_resume, load_checkpoint, make_checkpoint
@@ -54,23 +53,6 @@ class TrainSummary:
     checkpoint: Path | None
     interrupted: bool
     wait_share: float
-
-
-def stems_to_device(stems: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Wire stems ``(batch, stems, window)`` -> float32 on ``device`` (cast after the copy).
-
-    On CUDA the wire array is staged in pinned memory and copied without blocking.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)    # read-only buffers are never written
-        raw = torch.from_numpy(stems)
-    if device.type == "cuda":
-        raw = raw.pin_memory().to(device, non_blocking=True)
-    else:
-        raw = raw.to(device)
-    if raw.dtype == torch.int16:
-        return raw.float().mul_(1.0 / 32767.0)
-    return raw.float()
 
 
 def remix_stems(stems: torch.Tensor, gain: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
@@ -320,7 +302,7 @@ def _loop(run: _Run, client: StreamClient, logger: RunLogger, stop: threading.Ev
         wait = time.perf_counter() - t0
         if batch is None:
             return True
-        out = run.runner(stems_to_device(batch.stems, run.device))
+        out = run.runner(stems_to_torch(batch.stems, run.device))
         run.step += 1
         run.wait_total += wait
         window.add(out, wait)
