@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import pytest
 
 from synth_server.client import StreamClient
@@ -127,3 +128,21 @@ def test_serve_refuses_bad_flags_with_exit_code_2(tmp_path):
     assert r.returncode == 2 and "expected an integer or 'auto'" in r.stderr
     r = cli("stats", "--connect", "localhost:5555")
     assert r.returncode == 2 and "tcp://HOST:PORT" in r.stderr
+
+
+def test_dump_taps_a_running_server(server, tmp_path):
+    out = tmp_path / "dump"
+    r = cli("dump", "--connect", server.address, "--n", "5", "--out", str(out), "--timeout", "60", timeout=90)
+    assert r.returncode == 0, r.stderr
+    folders = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(folders) == 5
+    index = (out / "index.html").read_text()
+    for folder in folders:
+        meta = json.loads((folder / "meta.json").read_text())
+        assert meta["source"] == server.address and meta["uses"] >= 1 and meta["dtype"] == "float16"
+        mix, sr = sf.read(folder / "mixture.wav", dtype="float32")
+        stems = np.stack([sf.read(folder / f"{s}.wav", dtype="float32")[0] for s in meta["stems"]])
+        assert sr == 44100 and stems.shape == (4, 1024)
+        np.testing.assert_allclose(stems.sum(0), mix, atol=1e-6)
+        assert sf.info(folder / "context" / "drums.wav").frames == 256 + 1024 + 256
+        assert f"{folder.name}/context/bass.wav" in index
