@@ -6,6 +6,7 @@ installed, ``spectrogram.png``; plus ``OUT/index.html`` with players for every c
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -114,7 +115,7 @@ def dump_from_corpus(cfg: ChunkSourceConfig, n: int, out: Path) -> tuple[list[Pa
     renderer = Renderer(cfg.render, cfg.audio, cfg.corpus.classes, resolve_soundfonts(cfg.render.soundfont))
     names = [c.name for c in cfg.corpus.classes]
     per_song = min(cfg.max_chunks_per_song, max(1, -(-n // 4)))
-    source = type(cfg)(**{**cfg.__dict__, "max_chunks_per_song": per_song})
+    source = dataclasses.replace(cfg, max_chunks_per_song=per_song)
     counters: Counter = Counter()
     folders: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)
