@@ -31,7 +31,11 @@ test-all: venv
 	$(PY) -m pytest -q -m ""
 
 bench: venv
+	@command -v fluidsynth >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq fluidsynth >/dev/null; }
 	$(PY) bench/synth.py
+	$(PY) bench/stream.py
+	$(PY) bench/stream_transport.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
