@@ -197,18 +197,26 @@ def ask(address: str, curve_keys: Path | None, header: dict, timeout: float) -> 
         ctx.term()
 
 
+def _asked(call):
+    """``(call(), None)``, or ``(None, exit code)`` with the error printed when the broker is
+    unreachable (TimeoutError) or the keys or the reply are bad (ValueError)."""
+    try:
+        return call(), None
+    except TimeoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, EXIT_UNREACHABLE
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, EXIT_CONFIG
+
+
 def run_ctl(cfg: ControlConfig) -> int:
     header = {"type": "ctl", "cmd": cfg.cmd}
     if cfg.cmd == "set":
         header.update(key=cfg.key, value=cfg.value)
-    try:
-        reply = ask(cfg.connect, cfg.curve_keys, header, cfg.timeout)
-    except TimeoutError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    reply, code = _asked(lambda: ask(cfg.connect, cfg.curve_keys, header, cfg.timeout))
+    if reply is None:
+        return code
     ok = reply.get("type") == "ctl_reply" and reply.get("ok") is True
     print(str(reply.get("message", reply))[:1000], file=sys.stdout if ok else sys.stderr)
     return 0 if ok else EXIT_REFUSED
@@ -226,14 +234,9 @@ def run_stats(cfg: StatsConfig) -> int:
 
     try:
         while True:
-            try:
-                snap = fetch_stats(cfg)
-            except TimeoutError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return EXIT_UNREACHABLE
-            except ValueError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return EXIT_CONFIG
+            snap, code = _asked(lambda: fetch_stats(cfg))
+            if snap is None:
+                return code
             print(json.dumps(snap, indent=2) if cfg.as_json else format_stats(snap), flush=True)
             if cfg.watch is None:
                 return 0
