@@ -27,9 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from synth_server.cli_serve import fetch_stats  # noqa: E402
+from synth_server.cli.serve import fetch_stats  # noqa: E402
 from synth_server.client import StreamClient  # noqa: E402
-from synth_server.serve_config import StatsConfig  # noqa: E402
+from synth_server.serve.config import StatsConfig  # noqa: E402
 
 
 def process_tree(root: int) -> list[int]:

@@ -98,10 +98,10 @@ def delivered_rate(corpus: Path, workers: int, seconds: float, tmp: Path) -> tup
 
 def _prefilled_broker(conn, pool_size: int, dtype: str) -> None:
     """Child process: a real Broker whose pool is full of random chunks, R effectively infinite."""
-    from synth_server.broker import Broker
+    from synth_server.serve.broker import Broker
     from synth_server.config import ChunkSourceConfig, CorpusConfig
-    from synth_server.corpus import SongInfo
-    from synth_server.serve_config import BrokerConfig
+    from synth_server.synth.corpus import SongInfo
+    from synth_server.serve.config import BrokerConfig
 
     song = SongInfo(path="none.mid", size=0, mtime=0.0, song_id="0" * 16, duration=1.0, class_notes={},
                     instruments=(), split="train")

@@ -18,7 +18,8 @@ import numpy as np
 import zmq
 
 from synth_server.client import StreamClient
-from synth_server.pool import ReusePool
+from trainer.data import stems_to_torch
+from synth_server.serve.pool import ReusePool
 from synth_server.protocol import BatchSpec, decode, decode_batch, encode, encode_batch, to_wire
 
 STEMS = ("drums", "piano", "strings", "bass")
@@ -77,7 +78,7 @@ def consume(client: StreamClient, seconds: float, to_torch: bool) -> tuple[int, 
     while time.perf_counter() - start < seconds:
         batch = next(client)
         if to_torch:
-            batch.to_torch("cpu")
+            stems_to_torch(batch.stems, "cpu").sum(dim=1)
         chunks += batch.stems.shape[0]
     return chunks, time.perf_counter() - start
 

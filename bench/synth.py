@@ -29,15 +29,15 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from synth_server.chunks import chunk_and_filter  # noqa: E402
+from synth_server.synth.pipeline import chunk_and_filter  # noqa: E402
 from synth_server.config import (DEFAULT_CLASSES, AudioConfig, ChunkSourceConfig, CorpusConfig,  # noqa: E402
                                   FilterConfig, RenderConfig)
-from synth_server.corpus import build_index  # noqa: E402
-from synth_server.demo import write_demo_corpus  # noqa: E402
-from synth_server.midi_io import load_midi  # noqa: E402
-from synth_server.pipeline import TAIL, plan_excerpts, song_chunks  # noqa: E402
-from synth_server.render import Renderer  # noqa: E402
-from synth_server.soundfont import resolve_soundfonts  # noqa: E402
+from synth_server.synth.corpus import build_index  # noqa: E402
+from synth_server.synth.demo import write_demo_corpus  # noqa: E402
+from synth_server.synth.midi_io import load_midi  # noqa: E402
+from synth_server.synth.pipeline import TAIL, plan_excerpts, song_chunks  # noqa: E402
+from synth_server.synth.render import Renderer  # noqa: E402
+from synth_server.synth.soundfont import resolve_soundfonts  # noqa: E402
 
 AUDIO = AudioConfig()
 SF2 = resolve_soundfonts(None)[0]

@@ -142,7 +142,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus
         if corpus is None:
-            from synth_server.demo import write_demo_corpus
+            from synth_server.synth.demo import write_demo_corpus
 
             corpus = Path(tmp) / "corpus"
             write_demo_corpus(corpus, 6, 0)

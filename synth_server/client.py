@@ -17,7 +17,6 @@ import queue
 import socket
 import threading
 import time
-import warnings
 from collections import deque
 from dataclasses import dataclass
 
@@ -50,37 +49,6 @@ class Batch:
     def mixture_f32(self) -> np.ndarray:
         """``(batch, window)`` float32: the sum of the stems."""
         return self.stems_f32().sum(axis=1)
-
-    def stems_torch(self, device="cpu"):
-        """``(batch, stems, window)`` float32 on ``device`` (see ``stems_to_torch``)."""
-        return stems_to_torch(self.stems, device)
-
-    def to_torch(self, device="cpu"):
-        """``(mixture (batch, window), stems (batch, stems, window))`` float32 on ``device``;
-        the mixture is the sum of the stems."""
-        stems = self.stems_torch(device)
-        return stems.sum(dim=1), stems
-
-
-def stems_to_torch(stems: np.ndarray, device="cpu"):
-    """Wire stems ``(batch, stems, window)`` -> float32 torch tensor on ``device``.
-
-    The wire array travels in its wire dtype (half the bytes for float16/int16) and is cast on
-    the device; on CUDA it is staged in pinned memory and copied without blocking.
-    """
-    import torch
-
-    device = torch.device(device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)   # read-only buffers are never written
-        raw = torch.from_numpy(stems)
-    if device.type == "cuda":
-        raw = raw.pin_memory().to(device, non_blocking=True)
-    else:
-        raw = raw.to(device, copy=True)
-    if raw.dtype == torch.int16:
-        return raw.float().mul_(1.0 / 32767.0)
-    return raw.float()
 
 
 class StreamClient:

@@ -1,6 +1,6 @@
 """Typed configuration for the synthesis server.
 
-The CLI (``synth_server.cli``) parses flags once into these dataclasses and passes them down;
+The CLI (``synth_server.cli.main``) parses flags once into these dataclasses and passes them down;
 no module below the CLI reads argparse or environment variables.
 """
 from __future__ import annotations

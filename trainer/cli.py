@@ -93,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dist = dist_from_env()
         curve = None
         if cfg.curve_keys is not None:
-            from synth_server.serve_config import load_client_curve
+            from synth_server.serve.config import load_client_curve
 
             curve = load_client_curve(cfg.curve_keys)
     except (ValueError, OSError) as exc:

@@ -29,11 +29,11 @@ from torch import nn
 
 from synth_server.config import (DEFAULT_CLASSES, SPLITS, AudioConfig, ChunkSourceConfig, CorpusConfig,
                                  InstrumentClass, RenderConfig)
-from synth_server.corpus import CorpusIndex, build_index
-from synth_server.midi_io import MidiError, load_midi
-from synth_server.pipeline import song_chunks
-from synth_server.render import Renderer, RenderError
-from synth_server.soundfont import resolve_soundfonts
+from synth_server.synth.corpus import CorpusIndex, build_index
+from synth_server.synth.midi_io import MidiError, load_midi
+from synth_server.synth.pipeline import song_chunks
+from synth_server.synth.render import Renderer, RenderError
+from synth_server.synth.soundfont import resolve_soundfonts
 
 from .checkpoint import load_separator
 from .config import EvalConfig

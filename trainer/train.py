@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from synth_server.client import StreamClient, stems_to_torch
+from synth_server.client import StreamClient
+
+from .data import stems_to_torch
 from synth_server.protocol import BatchSpec
 
 from .checkpoint import CheckpointManager, LoadedCheckpoint, check_resume, load_checkpoint, make_checkpoint

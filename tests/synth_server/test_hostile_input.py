@@ -17,11 +17,11 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from synth_server.cli import main
+from synth_server.cli.main import main
 from synth_server.config import AudioConfig, ChunkSourceConfig, CorpusConfig, RenderConfig
-from synth_server.midi_io import MidiError, check_chunks, load_midi, load_midi_bytes, track_stats
+from synth_server.synth.midi_io import MidiError, check_chunks, load_midi, load_midi_bytes, track_stats
 from synth_server.protocol import decode, decode_batch, encode
-from synth_server.serve_config import source_to_json
+from synth_server.serve.config import source_to_json
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BYTES = 16 << 20

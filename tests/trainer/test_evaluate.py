@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from synth_server.config import SPLITS, CorpusConfig
-from synth_server.corpus import build_index
+from synth_server.synth.corpus import build_index
 from synth_server.protocol import BatchSpec
 from trainer.checkpoint import make_checkpoint
 from trainer.config import EvalConfig

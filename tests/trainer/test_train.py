@@ -12,7 +12,7 @@ from trainer.config import DistConfig, TrainConfig, resolve_amp, resolve_compile
 from trainer.logging_utils import MetricsLog, RunLogger, server_figures
 from trainer.losses import mae_loss
 from trainer.models import build_model, preset, required_context
-from synth_server.client import stems_to_torch
+from trainer.data import stems_to_torch
 from trainer.train import StepRunner, remix_stems
 
 CONTEXT, TARGET = 40, 64

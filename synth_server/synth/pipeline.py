@@ -1,0 +1,81 @@
+"""The synthesis pipeline, composed in one place: song -> excerpts -> render -> chunk -> filter.
+
+``song_chunks`` is what a worker (or the standalone dump) runs per song; it needs no process or
+socket and is tested directly.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterator
+
+import numpy as np
+
+from synth_server.config import AudioConfig, ChunkSourceConfig, FilterConfig
+from synth_server.synth.chunks import Chunk, chunk_count, cut_chunk
+from synth_server.synth.energy_filter import chunk_figures, reject_reasons, target_figures
+from synth_server.synth.render import Renderer
+
+TAIL = 1.0  # seconds after the last note end that still belong to the song (release tails)
+
+
+def plan_excerpts(duration: int, audio: AudioConfig, chunks_per_excerpt: int,
+                  rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Plan the excerpt renders of a song of ``duration`` samples.
+
+    Chunk targets tile the song from a random sub-chunk phase; they are grouped into excerpts of
+    up to ``chunks_per_excerpt`` chunks (the first group has a random size, so excerpt
+    boundaries move between visits) and come back in random order as ``(render start sample,
+    chunks)``; an excerpt render is ``chunks * target + 2 * context`` samples. Empty when not
+    even one chunk with its context fits.
+    """
+    phase = int(rng.integers(0, audio.target))
+    total = chunk_count(duration - phase, audio)
+    if total <= 0 or chunks_per_excerpt <= 0:
+        return []
+    first = int(rng.integers(1, min(chunks_per_excerpt, total) + 1))
+    bounds = [0] + list(range(first, total, chunks_per_excerpt)) + [total]
+    plan = [(int(phase + a * audio.target), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [plan[i] for i in rng.permutation(len(plan))]
+
+
+def chunk_and_filter(stems: np.ndarray, song_id: str, start: int, audio: AudioConfig, cfg: FilterConfig,
+                     counters: Counter) -> Iterator[Chunk]:
+    """Kept chunks of a render ``stems`` ``(stems, length)`` whose first sample is song sample ``start``.
+
+    Counts ``rendered``, ``kept`` and ``rejected_<reason>``.
+    """
+    figures = target_figures(stems, audio)
+    for i, reason in enumerate(reject_reasons(figures, cfg)):
+        counters["rendered"] += 1
+        if reason is not None:
+            counters["rejected_" + reason] += 1
+            continue
+        counters["kept"] += 1
+        yield cut_chunk(stems, i, song_id, start, audio, chunk_figures(figures, i))
+
+
+def song_chunks(midi, song_id: str, renderer: Renderer, cfg: ChunkSourceConfig, rng: np.random.Generator,
+                counters: Counter) -> Iterator[Chunk]:
+    """Kept chunks of one song, at most ``cfg.max_chunks_per_song``, from randomly ordered excerpts.
+
+    Each yielded chunk's ``stems`` is ``(stems, context + target + context)`` float32 (a view
+    into the excerpt render). Counters: ``rendered``, ``kept``, ``rejected_<reason>``,
+    ``excerpts`` and ``songs_too_short``.
+    """
+    audio = cfg.audio
+    duration = int((midi.get_end_time() + TAIL) * audio.sample_rate)
+    per_excerpt = max(1, int(cfg.render.excerpt * audio.sample_rate) // audio.target)
+    plan = plan_excerpts(duration, audio, per_excerpt, rng)
+    if not plan:
+        counters["songs_too_short"] += 1
+        return
+    soundfont = renderer.soundfont_for(song_id)
+    kept = 0
+    for start, n in plan:
+        stems = renderer.render(midi, start, n * audio.target + 2 * audio.context, soundfont)
+        counters["excerpts"] += 1
+        for chunk in chunk_and_filter(stems, song_id, start, audio, cfg.filter, counters):
+            yield chunk
+            kept += 1
+            if kept >= cfg.max_chunks_per_song:
+                return
