@@ -27,9 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from synth_server.cli.serve import fetch_stats  # noqa: E402
+from synth_server.dealer import ControlClient  # noqa: E402
 from synth_server.client import StreamClient  # noqa: E402
-from synth_server.serve.config import StatsConfig  # noqa: E402
 
 
 def process_tree(root: int) -> list[int]:
@@ -116,7 +115,7 @@ def kill_a_worker(stats: dict, serve_pid: int, rng: np.random.Generator) -> str 
 def soak(args: argparse.Namespace, tmp: Path) -> dict:
     rng = np.random.default_rng(args.seed)
     proc, address, log = start_serve(tmp / "corpus", tmp / "serve.log", args.pool_size, args.seed)
-    stats_cfg = StatsConfig(connect=address, timeout=10.0)
+    control = ControlClient(address)
     result: dict = {"address": address, "kills": 0, "killed": []}
     try:
         client = StreamClient(address, batch_size=args.batch_size, prefetch=4, timeout=30)
@@ -131,21 +130,21 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict:
             bad += int(not np.isfinite(batch.stems_f32()).all())
             now = time.monotonic()
             if now >= next_kill:
-                victim = kill_a_worker(fetch_stats(stats_cfg), proc.pid, rng)
+                victim = kill_a_worker(control.stats(10.0), proc.pid, rng)
                 if victim is not None:
                     result["kills"] += 1
                     result["killed"].append(victim)
                 next_kill = now + args.kill_every * rng.uniform(0.75, 1.25)
             if now - last_line >= 10:
                 last_line = now
-                s = fetch_stats(stats_cfg)
+                s = control.stats(10.0)
                 print(f"t={now - start:5.0f}s delivered {chunks} chunks ({chunks / (now - start):.0f}/s) "
                       f"kills {result['kills']} restarts {s['workers']['restarts']} alive {s['workers']['alive']} "
                       f"banned {s['banned_songs']['count']} RSS {rss_mib(process_tree(proc.pid)):.0f} MiB",
                       flush=True)
         elapsed = time.monotonic() - start
         deadline = time.monotonic() + 60                 # let the last kill's restart finish
-        while (final := fetch_stats(stats_cfg))["workers"]["alive"] < 2 and time.monotonic() < deadline:
+        while (final := control.stats(10.0))["workers"]["alive"] < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
         result.update(
             minutes=round(elapsed / 60, 2), chunks_delivered=chunks, batches=batches,

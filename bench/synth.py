@@ -29,13 +29,12 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from synth_server.synth.pipeline import chunk_and_filter  # noqa: E402
-from synth_server.config import (DEFAULT_CLASSES, AudioConfig, ChunkSourceConfig, CorpusConfig,  # noqa: E402
+from synth_server.config import (DEFAULT_CLASSES, class_instruments, AudioConfig, ChunkSourceConfig, CorpusConfig,  # noqa: E402
                                   FilterConfig, RenderConfig)
 from synth_server.synth.corpus import build_index  # noqa: E402
 from synth_server.synth.demo import write_demo_corpus  # noqa: E402
 from synth_server.synth.midi_io import load_midi  # noqa: E402
-from synth_server.synth.pipeline import TAIL, plan_excerpts, song_chunks  # noqa: E402
+from synth_server.synth.pipeline import TAIL, chunk_and_filter, plan_excerpts, song_chunks  # noqa: E402
 from synth_server.synth.render import Renderer  # noqa: E402
 from synth_server.synth.soundfont import resolve_soundfonts  # noqa: E402
 
@@ -75,7 +74,7 @@ def bare_render(r: Renderer, midi, start: int, length: int) -> None:
     sr, fs, synth = AUDIO.sample_rate, r._fs, r.synth.synth
     r0 = max(0, start - int(r.cfg.preroll * sr))
     buf = np.empty((2, start + length - r0), np.float32)
-    for insts in r.class_instruments(midi):
+    for insts in class_instruments(r.classes, midi.instruments):
         events = []
         for ch, inst in enumerate(insts):
             r.synth.program_select(ch, r._sfids[0], 128 if inst.is_drum else 0, inst.program)

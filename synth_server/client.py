@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from synth_server.dealer import open_dealer
 from synth_server.protocol import (
     DEFAULT_MAX_BATCH_BYTES, MAX_HEADER_BYTES, BatchSpec, ProtocolError, decode, decode_batch,
     encode, from_wire,
@@ -184,13 +185,7 @@ class StreamClient:
             ctx.term()
 
     def _open(self, ctx: zmq.Context) -> zmq.Socket:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, max(self._max_bytes, MAX_HEADER_BYTES))
-        if self._curve is not None:
-            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self._curve
-        sock.connect(self.address)
-        return sock
+        return open_dealer(ctx, self.address, self._curve, max_bytes=max(self._max_bytes, MAX_HEADER_BYTES))
 
     def _session(self, ctx: zmq.Context) -> tuple[bool, str]:
         """One connection: hello, then serve credit until silence, a "hello_first" or stop.

@@ -46,6 +46,18 @@ def class_of(classes: tuple[InstrumentClass, ...], program: int, is_drum: bool) 
     return None
 
 
+def class_instruments(classes: tuple[InstrumentClass, ...], instruments) -> list[list]:
+    """Instruments (with ``program``/``is_drum``) grouped per class, in ``classes`` order; an
+    instrument of no class is dropped."""
+    names = [cls.name for cls in classes]
+    groups: list[list] = [[] for _ in classes]
+    for inst in instruments:
+        name = class_of(classes, inst.program, inst.is_drum)
+        if name is not None:
+            groups[names.index(name)].append(inst)
+    return groups
+
+
 def parse_programs(text: str) -> tuple[int, ...]:
     """'0-7,16' -> (0, 1, ..., 7, 16). Raises ValueError with the offending part."""
     out: list[int] = []

@@ -128,14 +128,18 @@ class DistConfig:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> cuda:<local_rank> when CUDA is available, else cpu; "cuda" without CUDA raises."""
+    """"auto" -> cuda:<local_rank> when CUDA is available, else cpu; "cuda" -> cuda:<local_rank>;
+    anything else as torch spells it ("cpu", "cuda:1"). ValueError for an unknown name or CUDA
+    asked for without a CUDA device."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda but PyTorch sees no CUDA device")
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
+    try:
+        device = torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} but PyTorch sees no CUDA device")
+    return device
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:

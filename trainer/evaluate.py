@@ -30,15 +30,14 @@ from torch import nn
 from synth_server.config import (DEFAULT_CLASSES, SPLITS, AudioConfig, ChunkSourceConfig, CorpusConfig,
                                  InstrumentClass, RenderConfig)
 from synth_server.synth.corpus import CorpusIndex, build_index
-from synth_server.synth.midi_io import MidiError, load_midi
-from synth_server.synth.pipeline import song_chunks
-from synth_server.synth.render import Renderer, RenderError
+from synth_server.synth.pipeline import corpus_chunks
+from synth_server.synth.render import Renderer
 from synth_server.synth.soundfont import resolve_soundfonts
 
 from .checkpoint import load_separator
-from .config import EvalConfig
+from .config import EvalConfig, resolve_device
 from .metrics import irm_oracle, si_sdr
-from .separate import pick_device, stem_names
+from .separate import stem_names
 
 log = logging.getLogger(__name__)
 
@@ -86,23 +85,12 @@ def eval_chunks(corpus: CorpusConfig, audio: AudioConfig, render: RenderConfig, 
     source = ChunkSourceConfig(corpus=corpus, audio=audio, render=render, split=split,
                                max_chunks_per_song=per_song, seed=seed)
     renderer = Renderer(render, audio, corpus.classes, resolve_soundfonts(render.soundfont))
-    rng = np.random.default_rng(seed)
     counters: Counter = Counter()
     kept: list[np.ndarray] = []
     used = 0
-    for song in songs:
-        try:
-            midi = load_midi(Path(corpus.root) / song.path, corpus.max_file_bytes)
-            chunks = list(song_chunks(midi, song.song_id, renderer, source, rng, counters))
-        except (MidiError, RenderError) as exc:
-            counters["songs_failed"] += 1
-            log.warning("eval: skipping %s: %s", song.path, exc)
-            continue
-        taken = [np.array(c.stems) for c in chunks[:n - len(kept)]]
-        kept.extend(taken)
-        used += bool(taken)
-        if len(kept) >= n:
-            break
+    for _song, _midi, chunks in corpus_chunks(songs, source, renderer, np.random.default_rng(seed), n, counters):
+        kept.extend(np.array(c.stems) for c in chunks)
+        used += bool(chunks)
     if not kept:
         raise ValueError(f"split {split!r} of {corpus.root}: no chunk passed the filter "
                          f"(counters {dict(counters)})")
@@ -230,7 +218,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         raise ValueError(f"n and batch_size must be >= 1, got n={cfg.n}, batch_size={cfg.batch_size}")
     if cfg.plot_out is not None:
         _pyplot()                       # fail before the long part when matplotlib is missing
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     model, ckpt = load_separator(cfg.checkpoint, device)
     names = stem_names(model, ckpt)
     audio = AudioConfig(ckpt.spec.sample_rate, ckpt.spec.target, ckpt.spec.context)

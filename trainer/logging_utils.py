@@ -3,7 +3,7 @@
 * ``MetricsLog``: one JSON object per line in ``run_dir/metrics.jsonl`` (appended on resume).
 * ``TensorBoardLog``: scalars and audio through ``torch.utils.tensorboard`` when the
   ``tensorboard`` package is installed; otherwise one notice and nothing else.
-* ``ServerStats``: asks the broker for its stats ("ctl" "stats") without ever blocking the
+* the broker's stats through ``synth_server.dealer.ControlClient`` without ever blocking the
   training loop; the latest answer gives the current reuse R and pool figures.
 * ``RunLogger``: all of the above plus a tqdm bar, for rank 0 of a training run.
 * ``git_commit`` / ``write_run_files``: ``config.json`` and ``git.txt`` in the run dir.
@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import zmq
 
-from synth_server.protocol import ProtocolError, decode, encode
+from synth_server.dealer import ControlClient
 
 TB_MISSING = ("TensorBoard logging is off: the 'tensorboard' package is not installed "
               "(pip install 'stemstream[tensorboard]'); metrics.jsonl is still written")
@@ -95,58 +94,6 @@ class TensorBoardLog:
             self._writer.close()
 
 
-class ServerStats:
-    """Non-blocking stats probe on its own DEALER socket (ctl commands need no hello).
-
-    ``request()`` sends ``{"type": "ctl", "cmd": "stats"}`` unless one is still unanswered
-    (re-sent after ``stale_s``); ``latest()`` drains replies without waiting and returns the
-    newest stats object seen so far (None before the first).
-    """
-
-    def __init__(self, address: str, curve: tuple[bytes, bytes, bytes] | None = None,
-                 stale_s: float = 30.0) -> None:
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.SNDHWM, 4)
-        if curve is not None:
-            self._sock.curve_publickey, self._sock.curve_secretkey, self._sock.curve_serverkey = curve
-        self._sock.connect(address)
-        self._stale_s = stale_s
-        self._sent_at: float | None = None
-        self._latest: dict | None = None
-        self.malformed = 0
-
-    def request(self) -> None:
-        now = time.monotonic()
-        if self._sent_at is not None and now - self._sent_at < self._stale_s:
-            return
-        try:
-            self._sock.send_multipart(encode({"type": "ctl", "cmd": "stats"}), zmq.NOBLOCK)
-            self._sent_at = now
-        except zmq.Again:
-            pass    # not connected yet; try again next time
-
-    def latest(self) -> dict | None:
-        while True:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return self._latest
-            try:
-                header, _ = decode(frames)
-            except ProtocolError:
-                self.malformed += 1
-                continue
-            if header.get("type") == "stats" and isinstance(header.get("stats"), dict):
-                self._latest = header["stats"]
-                self._sent_at = None
-
-    def close(self) -> None:
-        self._sock.close(linger=0)
-        self._ctx.term()
-
-
 def server_figures(stats: dict | None) -> dict:
     """Flat figures of a broker stats object: reuse R, pool fill, server rates (chunks/s)."""
     if not stats:
@@ -170,7 +117,7 @@ class RunLogger:
     """Rank-0 outputs of a training run; on other ranks (``main`` False) every method is inert.
 
     ``run_dir/metrics.jsonl`` rows, TensorBoard scalars and audio under ``run_dir/tb`` (when
-    installed), a tqdm bar from ``initial_step`` to ``total_steps``, and a ``ServerStats`` probe
+    installed), a tqdm bar from ``initial_step`` to ``total_steps``, and a ``ControlClient`` probe
     of ``connect`` asked every ``stats_every`` steps (0 or no ``connect``: none). Audio is
     wanted every ``audio_every`` steps (0: never).
     """
@@ -185,9 +132,9 @@ class RunLogger:
         self.metrics = MetricsLog(run_dir / "metrics.jsonl") if main else None
         self.tb = TensorBoardLog(run_dir / "tb", notify) if main else None
         probe = main and connect is not None and stats_every > 0
-        self.stats = ServerStats(connect, curve) if probe else None
+        self.stats = ControlClient(connect, curve) if probe else None
         if self.stats is not None:
-            self.stats.request()    # so the first row already has R
+            self.stats.request_stats()    # so the first row already has R
         # a bar on a terminal; in logs (docker, CI) one plain line per logged row instead
         self.plain = main and not sys.stderr.isatty()
         quiet = {} if main and not self.plain else {"disable": True}   # TQDM_DISABLE=1 silences it too
@@ -199,7 +146,7 @@ class RunLogger:
         """Advance the bar; ask the server for stats when due."""
         self.bar.update(1)
         if self.stats is not None and step % self.stats_every == 0:
-            self.stats.request()
+            self.stats.request_stats()
 
     def wants_audio(self, step: int) -> bool:
         return self.tb is not None and self.tb.enabled and self.audio_every > 0 and step % self.audio_every == 0
@@ -211,7 +158,7 @@ class RunLogger:
     def write(self, row: dict) -> dict:
         """Add the latest server figures to ``row``, write it everywhere; returns the row."""
         if self.stats is not None:
-            row = {**row, **server_figures(self.stats.latest())}
+            row = {**row, **server_figures(self.stats.latest_stats())}
         if not self.main:
             return row
         self.metrics.write(row)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .checkpoint import LoadedCheckpoint, load_separator
-from .config import SeparateConfig
+from .config import SeparateConfig, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +27,6 @@ RESAMPLE_ZERO_CROSSINGS = 32   # sinc half-width, in zero crossings of the lower
 RESAMPLE_ROLLOFF = 0.945       # cutoff as a fraction of the lower Nyquist frequency
 RESAMPLE_BETA = 9.0            # Kaiser window shape (about -90 dB stopband)
 INFER_BATCH = 4                # windows per forward pass
-
-
-def pick_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else as torch spells it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 def resample(x: np.ndarray, src: int, dst: int, length: int | None = None,
@@ -139,7 +126,7 @@ def write_stems(out: Path, stems: np.ndarray, names: list[str], rate: int) -> li
 def run_separate(cfg: SeparateConfig) -> list[Path]:
     """Separate ``cfg.input`` with ``cfg.checkpoint``; one WAV per stem in ``cfg.out``, each the
     input's length at the input's rate. Returns the written paths."""
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     model, ckpt = load_separator(cfg.checkpoint, device)
     names = stem_names(model, ckpt)
     mono, rate, channels = read_mono(cfg.input)

@@ -19,7 +19,7 @@ from pathlib import Path
 import zmq
 
 from synth_server.cli import args as cli_args
-from synth_server.protocol import ProtocolError, decode, encode
+from synth_server.dealer import ControlClient
 from synth_server.serve.config import (CLIENT_KEY, SERVER_KEY, WIRE_DTYPES, BrokerConfig, ControlConfig, KeygenConfig,
                            ServeConfig, StatsConfig, WorkerConfig, load_client_curve)
 
@@ -169,32 +169,10 @@ def _check_address(address: str) -> None:
         raise _usage_error(f"--connect must look like tcp://HOST:PORT, got {address!r}")
 
 
-def ask(address: str, curve_keys: Path | None, header: dict, timeout: float) -> dict:
-    """Send one control message and return the broker's reply header.
-
-    Raises TimeoutError when no reply arrives in ``timeout`` seconds.
-    """
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        if curve_keys is not None:
-            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = load_client_curve(curve_keys)
-        sock.connect(address)
-        sock.send_multipart(encode(header))
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if sock.poll(int(left * 1000) + 1):
-                try:
-                    reply, _ = decode(sock.recv_multipart())
-                except ProtocolError as exc:
-                    raise ValueError(f"malformed reply from {address}: {exc}") from None
-                return reply
-        raise TimeoutError(f"no reply from {address} within {timeout:g} s "
-                           "(is `serve` running there? does it need --curve-keys?)")
-    finally:
-        sock.close(linger=0)
-        ctx.term()
+def _ask(connect: str, curve_keys: Path | None, timeout: float, header: dict | None = None) -> dict:
+    """The reply to ``header``, or the stats object when ``header`` is None."""
+    with ControlClient(connect, load_client_curve(curve_keys) if curve_keys is not None else None) as control:
+        return control.stats(timeout) if header is None else control.ask(header, timeout)
 
 
 def _asked(call):
@@ -214,7 +192,7 @@ def run_ctl(cfg: ControlConfig) -> int:
     header = {"type": "ctl", "cmd": cfg.cmd}
     if cfg.cmd == "set":
         header.update(key=cfg.key, value=cfg.value)
-    reply, code = _asked(lambda: ask(cfg.connect, cfg.curve_keys, header, cfg.timeout))
+    reply, code = _asked(lambda: _ask(cfg.connect, cfg.curve_keys, cfg.timeout, header))
     if reply is None:
         return code
     ok = reply.get("type") == "ctl_reply" and reply.get("ok") is True
@@ -222,19 +200,12 @@ def run_ctl(cfg: ControlConfig) -> int:
     return 0 if ok else EXIT_REFUSED
 
 
-def fetch_stats(cfg: StatsConfig) -> dict:
-    reply = ask(cfg.connect, cfg.curve_keys, {"type": "ctl", "cmd": "stats"}, cfg.timeout)
-    if reply.get("type") != "stats" or not isinstance(reply.get("stats"), dict):
-        raise ValueError(f"unexpected reply: {str(reply)[:200]}")
-    return reply["stats"]
-
-
 def run_stats(cfg: StatsConfig) -> int:
     from synth_server.serve.stats import format_stats
 
     try:
         while True:
-            snap, code = _asked(lambda: fetch_stats(cfg))
+            snap, code = _asked(lambda: _ask(cfg.connect, cfg.curve_keys, cfg.timeout))
             if snap is None:
                 return code
             print(json.dumps(snap, indent=2) if cfg.as_json else format_stats(snap), flush=True)

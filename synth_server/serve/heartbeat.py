@@ -22,6 +22,7 @@ from typing import Callable
 
 import zmq
 
+from synth_server.dealer import open_dealer
 from synth_server.protocol import ProtocolError, decode, encode
 from synth_server.serve.config import WorkerConfig, load_client_curve
 from synth_server.serve.rates import RateMeter
@@ -32,14 +33,9 @@ EXIT_STUCK = 4          # a worker exits with this code when its main thread hun
 STUCK_GRACE_S = 2.0     # time for the "stalled" heartbeat to leave before the process exits
 
 
-def open_dealer(ctx: zmq.Context, cfg: WorkerConfig) -> zmq.Socket:
-    """A DEALER socket connected to the broker (CURVE client when ``cfg.curve_keys``)."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    if cfg.curve_keys is not None:
-        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = load_client_curve(cfg.curve_keys)
-    sock.connect(cfg.connect)
-    return sock
+def worker_dealer(ctx: zmq.Context, cfg: WorkerConfig) -> zmq.Socket:
+    """A worker's DEALER socket to its broker (CURVE client when ``cfg.curve_keys``)."""
+    return open_dealer(ctx, cfg.connect, load_client_curve(cfg.curve_keys) if cfg.curve_keys else None)
 
 
 def exit_stuck(song: str, seconds: float) -> None:
@@ -63,7 +59,7 @@ class Heartbeat(threading.Thread):
     def __init__(self, ctx: zmq.Context, cfg: WorkerConfig, worker_id: str, stop: threading.Event,
                  stall_s: float = 120.0, on_stuck: Callable[[str, float], None] = exit_stuck):
         super().__init__(name="heartbeat", daemon=True)
-        self.sock = open_dealer(ctx, cfg)
+        self.sock = worker_dealer(ctx, cfg)
         self.cfg, self.worker_id, self.stop = cfg, worker_id, stop
         self.stall_s, self.on_stuck = stall_s, on_stuck
         self.rehello = threading.Event()

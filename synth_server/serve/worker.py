@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from synth_server.serve.heartbeat import Heartbeat, open_dealer
+from synth_server.serve.heartbeat import Heartbeat, worker_dealer
 from synth_server.synth.midi_io import CallTimeout, MidiError, call_with_timeout, load_midi_bytes
 from synth_server.synth.pipeline import song_chunks
 from synth_server.protocol import BatchSpec, ProtocolError, decode, encode, encode_batch, to_wire
@@ -61,7 +61,7 @@ class Worker:
     def __init__(self, ctx: zmq.Context, cfg: WorkerConfig, soundfonts: list[Path], stop: threading.Event):
         self.cfg, self.soundfonts, self.stop = cfg, soundfonts, stop
         self.worker_id = cfg.worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.sock = open_dealer(ctx, cfg)
+        self.sock = worker_dealer(ctx, cfg)
         self.beat = Heartbeat(ctx, cfg, self.worker_id, stop, stall_s=PARSE_TIMEOUT_S + STALL_MARGIN_S)
         self.counters: Counter = Counter()
         self.credit = 0

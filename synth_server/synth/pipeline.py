@@ -1,19 +1,24 @@
 """The synthesis pipeline, composed in one place: song -> excerpts -> render -> chunk -> filter.
 
-``song_chunks`` is what a worker (or the standalone dump) runs per song; it needs no process or
-socket and is tested directly.
+``song_chunks`` is what a worker runs per song; ``corpus_chunks`` runs it over a list of corpus
+songs without any server (``dump``, ``trainer eval``). Neither needs a process or socket.
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
 from synth_server.config import AudioConfig, ChunkSourceConfig, FilterConfig
 from synth_server.synth.chunks import Chunk, chunk_count, cut_chunk
 from synth_server.synth.energy_filter import chunk_figures, reject_reasons, target_figures
-from synth_server.synth.render import Renderer
+from synth_server.synth.midi_io import MidiError, load_midi
+from synth_server.synth.render import Renderer, RenderError
+
+log = logging.getLogger(__name__)
 
 TAIL = 1.0  # seconds after the last note end that still belong to the song (release tails)
 
@@ -79,3 +84,23 @@ def song_chunks(midi, song_id: str, renderer: Renderer, cfg: ChunkSourceConfig, 
             kept += 1
             if kept >= cfg.max_chunks_per_song:
                 return
+
+
+def corpus_chunks(songs: list, cfg: ChunkSourceConfig, renderer: Renderer, rng: np.random.Generator, n: int,
+                  counters: Counter) -> Iterator[tuple[Any, Any, list[Chunk]]]:
+    """``(song, midi, kept chunks)`` for corpus ``songs`` (``corpus.SongInfo``) in the order given,
+    until ``n`` chunks in all (at most ``cfg.max_chunks_per_song`` per song). Songs that cannot
+    be read or rendered are skipped with a log line and counted (``songs_failed``)."""
+    total = 0
+    for song in songs:
+        if total >= n:
+            return
+        try:
+            midi = load_midi(Path(cfg.corpus.root) / song.path, cfg.corpus.max_file_bytes)
+            chunks = list(song_chunks(midi, song.song_id, renderer, cfg, rng, counters))[:n - total]
+        except (MidiError, RenderError) as exc:
+            counters["songs_failed"] += 1
+            log.warning("skipping %s: %s", song.path, exc)
+            continue
+        total += len(chunks)
+        yield song, midi, chunks

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synth_server.config import AudioConfig, InstrumentClass, RenderConfig
+from synth_server.config import AudioConfig, InstrumentClass, RenderConfig, class_instruments
 from synth_server.synth.events import BLOCK, BEND, CONTROL, NOTE_OFF, NOTE_ON, EventError, instrument_events, stem_events
 
 _DRUM_BANK = 128
@@ -147,23 +147,13 @@ class Renderer:
         digest = hashlib.sha1(song_id.encode()).digest()
         return int.from_bytes(digest[:4], "little") % len(self.soundfonts)
 
-    def class_instruments(self, midi) -> list[list]:
-        """The song's instruments grouped per class (in ``classes`` order); others are dropped."""
-        groups: list[list] = [[] for _ in self.classes]
-        for inst in midi.instruments:
-            for i, cls in enumerate(self.classes):
-                if cls.matches(inst.program, inst.is_drum):
-                    groups[i].append(inst)
-                    break
-        return groups
-
     def _tracks(self, midi) -> list[list]:
         """Per class, the grid events of its instruments (``events.InstrumentEvents``); built
         once per song and kept while the same song is rendered."""
         if self._song is not midi:
             sr = self.audio.sample_rate
             self._song_tracks = [[instrument_events(inst, sr) for inst in insts]
-                                 for insts in self.class_instruments(midi)]
+                                 for insts in class_instruments(self.classes, midi.instruments)]
             self._song = midi
         return self._song_tracks
 
@@ -182,7 +172,7 @@ class Renderer:
         out = np.zeros((len(self.classes), length), np.float32)
         buf = np.empty((2, r1 - r0), np.float32)
         tracks = self._tracks(midi)
-        for i, insts in enumerate(self.class_instruments(midi)):
+        for i, insts in enumerate(class_instruments(self.classes, midi.instruments)):
             if not insts:
                 continue
             if len(insts) > self.channels:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from synth_server.config import AudioConfig, ChunkSourceConfig
+from synth_server.config import AudioConfig, ChunkSourceConfig, class_instruments
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,8 @@ def dump_from_corpus(cfg: ChunkSourceConfig, n: int, out: Path) -> tuple[list[Pa
     each, so a dump spans several songs. Returns (chunk folders, counters).
     """
     from synth_server.synth.corpus import build_index
-    from synth_server.synth.midi_io import MidiError, load_midi
-    from synth_server.synth.pipeline import song_chunks
-    from synth_server.synth.render import RenderError, Renderer
+    from synth_server.synth.pipeline import corpus_chunks
+    from synth_server.synth.render import Renderer
     from synth_server.synth.soundfont import resolve_soundfonts
 
     songs = build_index(cfg.corpus).eligible(cfg.split)
@@ -119,25 +118,16 @@ def dump_from_corpus(cfg: ChunkSourceConfig, n: int, out: Path) -> tuple[list[Pa
     counters: Counter = Counter()
     folders: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)
-    for i in rng.permutation(len(songs)):
-        song = songs[i]
-        try:
-            midi = load_midi(Path(cfg.corpus.root) / song.path, cfg.corpus.max_file_bytes)
-            chunks = list(song_chunks(midi, song.song_id, renderer, source, rng, counters))
-        except (MidiError, RenderError) as exc:
-            counters["songs_failed"] += 1
-            log.warning("skipping %s: %s", song.path, exc)
-            continue
+    order = [songs[i] for i in rng.permutation(len(songs))]
+    for song, midi, chunks in corpus_chunks(order, source, renderer, rng, n, counters):
         sfont = renderer.soundfonts[renderer.soundfont_for(song.song_id)].name
         programs = {name: sorted({int(inst.program) for inst in insts})
-                    for name, insts in zip(names, renderer.class_instruments(midi))}
-        for chunk in chunks[:n - len(folders)]:
+                    for name, insts in zip(names, class_instruments(cfg.corpus.classes, midi.instruments))}
+        for chunk in chunks:
             meta = {"song": song.song_id, "path": song.path, "offset": chunk.offset,
                     "offset_seconds": round(chunk.offset / cfg.audio.sample_rate, 4),
                     "soundfont": sfont, "programs": programs, "filter": chunk.figures}
             folders.append(write_chunk(out, chunk.stems, names, cfg.audio, meta))
-        if len(folders) >= n:
-            break
     write_index(out, folders)
     return folders, counters
 
