@@ -9,6 +9,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+MAX_MIDI_BYTES = 16 << 20     # a MIDI file larger than this is not a song (corpus index, broker, worker)
+PARSE_TIMEOUT_S = 20.0       # seconds to parse one MIDI file
+
 SPLITS = ("train", "valid", "test")
 
 
@@ -164,8 +167,8 @@ class CorpusConfig:
     split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
     cache: Path | None = None              # index cache file; None -> ROOT/.stemstream-index.json
     jobs: int = 0                          # parser processes; 0 -> os.cpu_count()
-    parse_timeout: float = 20.0            # seconds per file
-    max_file_bytes: int = 16 * 1024 * 1024
+    parse_timeout: float = PARSE_TIMEOUT_S  # seconds per file
+    max_file_bytes: int = MAX_MIDI_BYTES
 
     @property
     def cache_path(self) -> Path:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synth_server.config import (AudioConfig, ChunkSourceConfig, CorpusConfig, FilterConfig, InstrumentClass,
+from synth_server.config import (MAX_MIDI_BYTES, AudioConfig, ChunkSourceConfig, CorpusConfig, FilterConfig, InstrumentClass,
                      RenderConfig)
 
 WIRE_DTYPES = ("float16", "int16", "float32")
@@ -41,7 +41,7 @@ class BrokerConfig:
     credit_block: int = 64           # most chunks one worker may hold credit for
     max_client_credit: int = 64      # most batches one client may have outstanding
     max_batch_size: int = 1024
-    max_song_bytes: int = 16 * 1024 * 1024
+    max_song_bytes: int = MAX_MIDI_BYTES
 
     def __post_init__(self) -> None:
         if self.dtype not in WIRE_DTYPES:

@@ -20,6 +20,7 @@ MAX_REQUEST_CREDIT = 1024
 MAX_WORKERS_SET = 64
 MAX_REPORTS = 64                 # song outcomes per message
 MAX_CLIENT_INFLIGHT_BYTES = 256 << 20   # outstanding credit x batch bytes per client
+MAX_BATCH_BYTES = 64 << 20              # one batch a client may ask for
 SONG_CLAIM_S = 2.0               # a song_request names the worker's song for at least this long
 ROLES = ("worker", "client", "ctl")
 
@@ -176,8 +177,8 @@ def check_request(header: dict, max_batch: int, chunk_bytes: int, outstanding: i
         raise ProtocolError(f"batch_size must be an int in 1..{max_batch}")
     if share is not None and (not isinstance(share, (int, float)) or not 0 <= share <= 1):
         raise ProtocolError("wait_share must be a number in [0, 1]")
-    if size * chunk_bytes > 64 << 20:
-        raise ProtocolError(f"batch of {size} chunks would exceed 64 MiB")
+    if size * chunk_bytes > MAX_BATCH_BYTES:
+        raise ProtocolError(f"batch of {size} chunks would exceed {MAX_BATCH_BYTES >> 20} MiB")
     if outstanding + credit > max_credit:
         raise ProtocolError(f"outstanding credit would be {outstanding + credit} batches (limit {max_credit})")
     inflight = (outstanding + credit) * size * chunk_bytes

@@ -25,20 +25,19 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from synth_server.config import MAX_MIDI_BYTES, PARSE_TIMEOUT_S
+from synth_server.protocol import BatchSpec, ProtocolError, decode, encode, encode_batch, to_wire
+from synth_server.serve.config import WorkerConfig, parse_worker_welcome
 from synth_server.serve.heartbeat import Heartbeat, worker_dealer
+from synth_server.serve.peers import MAX_REPORTS
 from synth_server.synth.midi_io import CallTimeout, MidiError, call_with_timeout, load_midi_bytes
 from synth_server.synth.pipeline import song_chunks
-from synth_server.protocol import BatchSpec, ProtocolError, decode, encode, encode_batch, to_wire
 from synth_server.synth.render import Renderer, RenderError
-from synth_server.serve.config import WorkerConfig, parse_worker_welcome
 from synth_server.synth.soundfont import resolve_soundfonts
 
 log = logging.getLogger(__name__)
 
-PARSE_TIMEOUT_S = 20.0
-MAX_SONG_BYTES = 16 * 1024 * 1024
 STALL_MARGIN_S = 15.0    # beyond the parse/render time limits before the watchdog fires
-MAX_REPORTS = 64         # song outcomes carried by one message at most
 REPORTED = ("parse", "parse_timeout", "render", "render_timeout")
 EXIT_OK, EXIT_CONFIG = 0, 2
 
@@ -245,7 +244,7 @@ class Worker:
             return None
         self._publish(song_id)
         try:
-            midi = call_with_timeout(load_midi_bytes, PARSE_TIMEOUT_S, data, MAX_SONG_BYTES)
+            midi = call_with_timeout(load_midi_bytes, PARSE_TIMEOUT_S, data, MAX_MIDI_BYTES)
         except MidiError as exc:
             self._fail(song_id, "parse")
             log.warning("song %s does not parse: %s", song_id, exc)
