@@ -9,6 +9,10 @@ from synth_server.config import (DEFAULT_CLASSES, SPLITS, AudioConfig, ChunkSour
                      RenderConfig, load_classes_toml, parse_class_spec)
 
 
+class UsageError(Exception):
+    """A bad flag or flag combination: ``main`` prints ``error: <message>`` and exits 2."""
+
+
 def add_corpus_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("corpus")
     g.add_argument("--classes", type=Path, metavar="TOML",
@@ -47,19 +51,19 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
 
 def _positive(name: str, value: float) -> None:
     if value <= 0:
-        raise SystemExit(f"error: {name} must be > 0, got {value}")
+        raise UsageError(f"{name} must be > 0, got {value}")
 
 
 def classes_from_args(args: argparse.Namespace):
     if args.classes and args.class_specs:
-        raise SystemExit("error: give --classes TOML or --class NAME=PROGRAMS, not both")
+        raise UsageError("give --classes TOML or --class NAME=PROGRAMS, not both")
     try:
         if args.classes:
             return load_classes_toml(args.classes)
         if args.class_specs:
             return tuple(parse_class_spec(s) for s in args.class_specs)
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise UsageError(f"{exc}") from None
     return DEFAULT_CLASSES
 
 
@@ -72,7 +76,7 @@ def source_config(args: argparse.Namespace, root: Path, seed: int = 0) -> ChunkS
     for name in ("sample_rate", "target", "excerpt", "max_chunks_per_song"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     if args.context < 0 or args.preroll < 0:
-        raise SystemExit("error: --context and --preroll must be >= 0")
+        raise UsageError("--context and --preroll must be >= 0")
     return ChunkSourceConfig(
         corpus=corpus_config(args, root),
         audio=AudioConfig(sample_rate=args.sample_rate, target=args.target, context=args.context),

@@ -9,13 +9,16 @@ import sys
 from pathlib import Path
 
 from synth_server.cli import args as cli_args
+from synth_server.cli.args import UsageError
+
+EXIT_USAGE = 2   # as argparse exits for a bad flag
 
 
 def cmd_demo_corpus(args: argparse.Namespace) -> int:
     from synth_server.synth.demo import write_demo_corpus
 
     if args.songs < 1:
-        raise SystemExit("error: --songs must be >= 1")
+        raise UsageError("--songs must be >= 1")
     paths = write_demo_corpus(args.out, args.songs, args.seed)
     print(f"wrote {len(paths)} demo songs to {args.out}")
     return 0
@@ -29,7 +32,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     try:
         index = build_index(cfg, progress=not args.json and sys.stderr.isatty())
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise UsageError(f"{exc}") from None
     report = analyze_report(index, cfg)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -39,9 +42,9 @@ def cmd_dump(args: argparse.Namespace) -> int:
     from synth_server.tools.dump import dump_from_corpus, dump_from_stream
 
     if args.n < 1:
-        raise SystemExit("error: --n must be >= 1")
+        raise UsageError("--n must be >= 1")
     if (args.corpus is None) == (args.connect is None):
-        raise SystemExit("error: give exactly one of --corpus DIR (render here) or --connect tcp://HOST:PORT")
+        raise UsageError("give exactly one of --corpus DIR (render here) or --connect tcp://HOST:PORT")
     if args.connect:
         folders = dump_from_stream(args.connect, args.n, args.out, timeout=args.timeout)
         print(f"wrote {len(folders)} chunks from {args.connect} to {args.out} (open {args.out / 'index.html'})")
@@ -50,7 +53,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     try:
         folders, counters = dump_from_corpus(cfg, args.n, args.out)
     except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise UsageError(f"{exc}") from None
     print(f"wrote {len(folders)} chunks to {args.out} (open {args.out / 'index.html'})")
     print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
     return 0 if folders else 1
@@ -93,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq
 
 from synth_server.cli import args as cli_args
+from synth_server.cli.args import UsageError
 from synth_server.dealer import ControlClient
 from synth_server.serve.config import (CLIENT_KEY, SERVER_KEY, WIRE_DTYPES, BrokerConfig, ControlConfig, KeygenConfig,
                            ServeConfig, StatsConfig, WorkerConfig, load_client_curve)
@@ -26,12 +27,6 @@ from synth_server.serve.config import (CLIENT_KEY, SERVER_KEY, WIRE_DTYPES, Brok
 log = logging.getLogger(__name__)
 LOCAL_BROKER = "tcp://127.0.0.1:5555"   # the default serve address, as seen from the server host
 EXIT_REFUSED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
-
-
-def _usage_error(message: str) -> SystemExit:
-    """A bad flag: message on stderr, exit code 2 (as argparse does)."""
-    print(f"error: {message}", file=sys.stderr)
-    return SystemExit(EXIT_CONFIG)
 
 
 def _count_or_auto(text: str) -> int | None:
@@ -49,6 +44,8 @@ def _count_or_auto(text: str) -> int | None:
 
 # -- serve -------------------------------------------------------------------------------------
 def serve_config(args: argparse.Namespace) -> ServeConfig:
+    if not Path(args.corpus).is_dir():
+        raise UsageError(f"--corpus {args.corpus} is not a folder (an existing empty folder gets the demo corpus)")
     source = cli_args.source_config(args, args.corpus, seed=args.seed)
     workers_auto, reuse_auto = args.workers is None, args.reuse is None
     workers = max(1, args.min_workers) if workers_auto else args.workers
@@ -59,9 +56,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             workers=workers, workers_auto=workers_auto, min_workers=args.min_workers,
             max_workers=args.max_workers, seed=args.seed, curve_keys=args.curve_keys)
     except ValueError as exc:
-        raise _usage_error(f"{exc}") from None
+        raise UsageError(f"{exc}") from None
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
-        raise _usage_error(f"--metrics-port must be in 0..65535, got {args.metrics_port}")
+        raise UsageError(f"--metrics-port must be in 0..65535, got {args.metrics_port}")
     return ServeConfig(source=source, broker=broker, metrics_port=args.metrics_port,
                        demo_songs=args.demo_songs)
 
@@ -166,7 +163,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # -- ctl and stats -----------------------------------------------------------------------------
 def _check_address(address: str) -> None:
     if not address.startswith("tcp://") or ":" not in address[6:]:
-        raise _usage_error(f"--connect must look like tcp://HOST:PORT, got {address!r}")
+        raise UsageError(f"--connect must look like tcp://HOST:PORT, got {address!r}")
 
 
 def _ask(connect: str, curve_keys: Path | None, timeout: float, header: dict | None = None) -> dict:
@@ -221,13 +218,13 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     _check_address(args.connect)
     if args.cmd == "set":
         if args.key not in ("reuse", "workers") or args.value is None:
-            raise _usage_error("usage: ctl --connect ADDR set reuse|workers N|auto")
+            raise UsageError("usage: ctl --connect ADDR set reuse|workers N|auto")
         try:
             _count_or_auto(args.value)
         except argparse.ArgumentTypeError as exc:
-            raise _usage_error(f"{args.key}: {exc}") from None
+            raise UsageError(f"{args.key}: {exc}") from None
     elif args.key is not None:
-        raise _usage_error(f"{args.cmd} takes no arguments")
+        raise UsageError(f"{args.cmd} takes no arguments")
     return run_ctl(ControlConfig(connect=args.connect, cmd=args.cmd, key=args.key or "",
                                  value=args.value or "", curve_keys=args.curve_keys, timeout=args.timeout))
 
@@ -235,7 +232,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     _check_address(args.connect)
     if args.watch is not None and args.watch <= 0:
-        raise _usage_error("--watch SECONDS must be > 0")
+        raise UsageError("--watch SECONDS must be > 0")
     return run_stats(StatsConfig(connect=args.connect, as_json=args.json, watch=args.watch,
                                  curve_keys=args.curve_keys, timeout=args.timeout))
 

@@ -343,6 +343,7 @@ def group_pids(pgid: int) -> list[int]:
 def serve(tmp_path):
     """`serve` with 2 workers on a 3-song demo corpus, small chunks; its own process group."""
     log = open(tmp_path / "serve.log", "w+")
+    (tmp_path / "corpus").mkdir()
     proc = subprocess.Popen(
         [*PY, "serve", "--corpus", str(tmp_path / "corpus"), "--demo-songs", "3", "--workers", "2",
          "--pool-size", "64", "--port", "0", "--target", "1024", "--context", "256", "--excerpt", "1.0",

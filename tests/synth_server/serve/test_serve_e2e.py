@@ -103,6 +103,7 @@ def test_serve_streams_batches_and_obeys_ctl_and_sigterm(server):
 
 def test_serve_writes_a_demo_corpus_into_an_empty_folder_and_stops_on_sigint(tmp_path, watchdog):
     corpus = tmp_path / "empty"
+    corpus.mkdir()
     proc = subprocess.Popen([*PY, "serve", "--corpus", str(corpus), "--demo-songs", "3", "--workers", "1",
                              "--pool-size", "16", "--port", "0", "--jobs", "1"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -126,6 +127,10 @@ def test_serve_refuses_bad_flags_with_exit_code_2(tmp_path):
     assert r.returncode == 2 and "expected an integer or 'auto'" in r.stderr
     r = cli("stats", "--connect", "localhost:5555")
     assert r.returncode == 2 and "tcp://HOST:PORT" in r.stderr
+    r = cli("serve", "--corpus", str(tmp_path), "--target", "0", "--port", "0")
+    assert r.returncode == 2 and r.stderr.strip() == "error: --target must be > 0, got 0"
+    r = cli("serve", "--corpus", str(tmp_path / "typo"), "--port", "0")
+    assert r.returncode == 2 and "is not a folder" in r.stderr and not (tmp_path / "typo").exists()
 
 
 def test_dump_taps_a_running_server(server, tmp_path):
