@@ -27,6 +27,10 @@ def _error(message: str, code: int = EXIT_CONFIG) -> int:
     return code
 
 
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
 def _floats(text: str) -> tuple[float, ...]:
     """"1,1,0.5" -> (1.0, 1.0, 0.5); argparse turns the ValueError into a clear usage error."""
     try:
@@ -101,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _on_signals(stop)
     try:
-        summary = run_train(cfg, dist, stop=stop, curve=curve)
+        summary = run_train(cfg, dist, stop=stop, curve=curve, notify=_say)
     except TimeoutError as exc:
         return _error(str(exc), EXIT_STREAM)
     except FloatingPointError as exc:
@@ -116,14 +120,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval
+    from .evaluate import format_table, run_eval
 
     try:
-        run_eval(EvalConfig(checkpoint=args.checkpoint, corpus=args.corpus, n=args.n, seed=args.seed,
+        result = run_eval(EvalConfig(checkpoint=args.checkpoint, corpus=args.corpus, n=args.n, seed=args.seed,
                             split=args.split, json_out=args.json_out, plot_out=args.plot_out,
                             device=args.device, batch_size=args.batch_size, soundfont=args.soundfont))
     except (ValueError, FileNotFoundError) as exc:
         return _error(str(exc))
+    print(format_table(result))
     return 0
 
 

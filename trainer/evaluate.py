@@ -212,8 +212,9 @@ def write_plot(path: Path, result: dict) -> None:
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    """Score ``cfg.checkpoint`` on ``cfg.n`` held-out chunks; prints the table, writes the JSON
-    (``cfg.json_out``) and the bar plot (``cfg.plot_out``) when asked, returns the result dict."""
+    """Score ``cfg.checkpoint`` on ``cfg.n`` held-out chunks; writes the JSON (``cfg.json_out``)
+    and the bar plot (``cfg.plot_out``) when asked, returns the result dict (``format_table``
+    makes the text view)."""
     if cfg.n < 1 or cfg.batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got n={cfg.n}, batch_size={cfg.batch_size}")
     if cfg.plot_out is not None:
@@ -236,7 +237,6 @@ def run_eval(cfg: EvalConfig) -> dict:
               "chunks": len(stems_np), "songs": songs, "sample_rate": audio.sample_rate,
               "target": audio.target, "context": audio.context, "silent_threshold_dbfs": SILENT_DBFS,
               "render_counters": dict(sorted(counters.items())), **summary}
-    print(format_table(result))
     if cfg.json_out is not None:
         Path(cfg.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.json_out).write_text(json.dumps(result, indent=2) + "\n")

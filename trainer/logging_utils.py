@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -23,6 +24,8 @@ from typing import Callable
 import torch
 
 from synth_server.dealer import ControlClient
+
+log = logging.getLogger(__name__)
 
 TB_MISSING = ("TensorBoard logging is off: the 'tensorboard' package is not installed "
               "(pip install 'stemstream[tensorboard]'); metrics.jsonl is still written")
@@ -59,7 +62,7 @@ class TensorBoardLog:
     ``notify`` receives the one-line notice when the package is missing.
     """
 
-    def __init__(self, log_dir: Path, notify: Callable[[str], None] = print) -> None:
+    def __init__(self, log_dir: Path, notify: Callable[[str], None] = log.info) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -124,7 +127,7 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, *, total_steps: int, initial_step: int, main: bool = True,
                  connect: str | None = None, curve: tuple[bytes, bytes, bytes] | None = None,
-                 stats_every: int = 0, audio_every: int = 0, notify: Callable[[str], None] = print) -> None:
+                 stats_every: int = 0, audio_every: int = 0, notify: Callable[[str], None] = log.info) -> None:
         from tqdm import tqdm
 
         run_dir = Path(run_dir)

@@ -10,6 +10,7 @@ device as the sum of the (remixed) stems; the model maps ``(batch, 1, window)`` 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -21,15 +22,16 @@ import torch
 from torch import nn
 
 from synth_server.client import StreamClient
-
-from .data import stems_to_torch
 from synth_server.protocol import BatchSpec
 
 from .checkpoint import CheckpointManager, LoadedCheckpoint, check_resume, load_checkpoint, make_checkpoint
 from .config import DistConfig, TrainConfig, resolve_amp, resolve_compile, resolve_device
+from .data import stems_to_torch
 from .logging_utils import RunLogger, git_commit, write_run_files
 from .losses import LossFn, get_loss
 from .models import build_model, check_context, count_parameters, preset, receptive_field, required_context
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -338,7 +340,7 @@ def _init_distributed(dist: DistConfig, device: torch.device) -> bool:
 
 def run_train(cfg: TrainConfig, dist: DistConfig = DistConfig(), *, stop: threading.Event | None = None,
               curve: tuple[bytes, bytes, bytes] | None = None,
-              notify: Callable[[str], None] = print) -> TrainSummary:
+              notify: Callable[[str], None] = log.info) -> TrainSummary:
     """Train ``cfg.model`` on the stream at ``cfg.connect`` up to step ``cfg.steps``.
 
     ``stop`` (e.g. set by a signal handler) ends the run cleanly after the current step with a
