@@ -7,11 +7,13 @@ cached with their reason so they are not retried until they change.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import re
+import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -133,13 +135,46 @@ def split_of(song_id: str, fractions: tuple[float, ...]) -> str:
     cumulative (normalised) ``fractions`` for ``SPLITS``."""
     if len(fractions) != len(SPLITS) or min(fractions) < 0 or sum(fractions) <= 0:
         raise ValueError(f"split_fractions must be {len(SPLITS)} non-negative numbers, got {fractions}")
-    u = int(song_id, 16) % 10000 / 10000
+    u = _hash_position(song_id)
     total, acc = sum(fractions), 0.0
     for name, frac in zip(SPLITS, fractions):
         acc += frac / total
         if u < acc and frac > 0:
             return name
     return [name for name, frac in zip(SPLITS, fractions) if frac > 0][-1]
+
+
+def _hash_position(song_id: str) -> float:
+    return int(song_id, 16) % 10000 / 10000
+
+
+def fill_empty_splits(songs: list[SongInfo], cfg: CorpusConfig) -> list[SongInfo]:
+    """Give every split (with a positive fraction) at least one eligible song when there are
+    enough eligible songs: a split the content hash left empty takes, from the split holding
+    the most eligible songs, the one whose hash lies nearest its interval. A corpus whose hash
+    splits all hold eligible songs (every large one) is returned unchanged."""
+    wanted = [s for s, frac in zip(SPLITS, cfg.split_fractions) if frac > 0]
+    eligible = [s for s in songs if is_eligible(s, cfg.classes, cfg.min_notes)]
+    if len(eligible) < len(wanted):
+        return songs
+    total = sum(cfg.split_fractions)
+    bounds, acc = {}, 0.0
+    for name, frac in zip(SPLITS, cfg.split_fractions):
+        bounds[name] = (acc, acc + frac / total)
+        acc += frac / total
+    moved: dict[str, str] = {}
+    members = {name: [s for s in eligible if s.split == name] for name in wanted}
+    for name in wanted:
+        if members[name]:
+            continue
+        donor = max(wanted, key=lambda n: (len(members[n]), n))
+        lo, hi = bounds[name]
+        pick = min(members[donor], key=lambda s: (max(lo - _hash_position(s.song_id),
+                                                      _hash_position(s.song_id) - hi, 0.0), s.path))
+        members[donor].remove(pick)
+        members[name].append(pick)
+        moved[pick.path] = name
+    return [dataclasses.replace(s, split=moved[s.path]) if s.path in moved else s for s in songs]
 
 
 def song_from_record(rel: str, rec: Record, cfg: CorpusConfig) -> SongInfo:
@@ -259,6 +294,19 @@ def _result_or_failure(fut: Any) -> Record:
         return {"error": f"parser process failed: {type(exc).__name__}", "transient": True}
 
 
+def unguarded_main_script() -> str | None:
+    """The ``__main__`` script's path when it lacks an ``if __name__ == "__main__":`` guard:
+    'spawn' processes re-import it, so its top-level indexing call kills every parser process."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return None
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    return None if re.search(r"__name__\s*==\s*['\"]__main__['\"]", text) else str(path)
+
+
 def _dedup(songs: list[SongInfo]) -> tuple[list[SongInfo], list[tuple[str, str]]]:
     """Keep the lexicographically first path per song_id; ``songs`` must be sorted by path."""
     kept: dict[str, SongInfo] = {}
@@ -296,8 +344,14 @@ def build_index(cfg: CorpusConfig, progress: bool = False) -> CorpusIndex:
         else:
             records[rel] = {"size": st.st_size, "mtime": st.st_mtime}
             tasks.append((rel, str(path)))
+    pool_died = 0
     for rel, rec in _parse_all(tasks, cfg, progress):
         records[rel] = {**records[rel], **rec}
+        pool_died += "BrokenProcessPool" in rec.get("error", "")
+    if tasks and pool_died == len(tasks) and (script := unguarded_main_script()):
+        raise ValueError(f"every parser process died at start: {script} indexes a corpus without an "
+                         "`if __name__ == \"__main__\":` guard, and the spawned parser processes re-import it; "
+                         "put the call under that guard (or use jobs=1)")
     keep = {rel: rec for rel, rec in records.items() if not rec.get("transient")}
     if keep != cached:
         save_cache(cache_path, keep)
@@ -310,5 +364,5 @@ def _assemble(cfg: CorpusConfig, records: dict[str, Record], n_files: int,
     songs = sorted((song_from_record(rel, rec, cfg) for rel, rec in records.items()
                     if "error" not in rec), key=lambda s: s.path)
     unique, duplicates = _dedup(songs)
-    return CorpusIndex(cfg=cfg, songs=unique, broken=broken, duplicates=duplicates,
+    return CorpusIndex(cfg=cfg, songs=fill_empty_splits(unique, cfg), broken=broken, duplicates=duplicates,
                        files_scanned=n_files, cache_hits=hits, parsed=parsed)

@@ -1,4 +1,5 @@
 """Corpus index: scan, safe parse, cache, dedup, split, eligibility."""
+import dataclasses
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ import pytest
 
 from synth_server.synth import corpus
 from synth_server.config import SPLITS, CorpusConfig, InstrumentClass
-from synth_server.synth.corpus import SongInfo, build_index, scan_midi_files, split_of
+from synth_server.synth.corpus import SongInfo, build_index, fill_empty_splits, scan_midi_files, split_of
 
 FULL = [(0, True, 12), (0, False, 12), (48, False, 12), (33, False, 12)]  # drums piano strings bass
 
@@ -176,6 +177,30 @@ def test_split_of_matches_fractions_and_is_stable():
         split_of(ids[0], (0.5, -0.1, 0.6))
 
 
+def _songs_hashed_into(split: str, count: int, fractions=(0.9, 0.05, 0.05)) -> list[SongInfo]:
+    out, i = [], 0
+    while len(out) < count:
+        song_id = hashlib.sha1(str(i).encode()).hexdigest()[:16]
+        i += 1
+        if split_of(song_id, fractions) == split:
+            out.append(SongInfo(path=f"s{len(out):03d}.mid", size=1, mtime=0.0, song_id=song_id, duration=30.0,
+                                class_notes={"drums": 50}, instruments=(), split=split))
+    return out
+
+
+def test_small_corpora_get_a_song_in_every_split_and_large_ones_keep_their_hash_splits(tmp_path):
+    cfg = CorpusConfig(root=tmp_path, classes=(InstrumentClass("drums", is_drum=True),), min_notes=10)
+    three = _songs_hashed_into("train", 3)
+    filled = fill_empty_splits(three, cfg)
+    assert sorted(s.split for s in filled) == ["test", "train", "valid"]
+    assert fill_empty_splits(three, cfg) == filled                       # deterministic
+    assert fill_empty_splits(three[:2], cfg) == three[:2]                # too few to fill three splits
+    large = [SongInfo(path=f"l{i}.mid", size=1, mtime=0.0, song_id=hashlib.sha1(f"l{i}".encode()).hexdigest()[:16],
+                      duration=30.0, class_notes={"drums": 50}, instruments=(), split="train") for i in range(400)]
+    large = [dataclasses.replace(s, split=split_of(s.song_id, cfg.split_fractions)) for s in large]
+    assert fill_empty_splits(large, cfg) == large
+
+
 def test_splits_disjoint_and_stable_across_builds(tmp_path):
     for i in range(30):
         write_song(tmp_path / f"s{i:02d}.mid", FULL, seed=i)
@@ -214,3 +239,18 @@ def test_real_corpus_has_eligible_songs(real_midi_dir, tmp_path):
     assert index.files_scanned == 35 and index.parsed == 35
     assert len(index.eligible(None)) >= 20
     assert build_index(cfg).cache_hits == 35
+
+
+def test_a_script_without_main_guard_is_told_why_its_parsers_died(tmp_path):
+    import subprocess
+    import sys
+
+    for i in range(2):
+        write_song(tmp_path / f"s{i}.mid", FULL, seed=i)
+    script = tmp_path / "index_me.py"
+    script.write_text("from pathlib import Path\nfrom synth_server.config import CorpusConfig\n"
+                      "from synth_server.synth.corpus import build_index\n"
+                      f"build_index(CorpusConfig(root=Path({str(tmp_path)!r}), jobs=2, cache=Path({str(tmp_path / 'c.json')!r})))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "ValueError: every parser process died at start" in done.stderr and "__main__" in done.stderr
