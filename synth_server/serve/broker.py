@@ -33,7 +33,7 @@ from synth_server.protocol import MAX_HEADER_BYTES, BatchSpec, ProtocolError, de
 from synth_server.serve.config import BrokerConfig, source_to_json
 from synth_server.serve.metrics import MetricsServer
 from synth_server.serve.rates import RateMeter
-from synth_server.serve.stats import MALFORMED, RATE_STAGES
+from synth_server.serve.stats import RATE_STAGES, grouped_counters
 
 log = logging.getLogger(__name__)
 
@@ -343,9 +343,7 @@ class Broker:
         self.totals["batches"] += 1
         return True
 
-    # -- control ------------------------------------------------------------------------------
-    def _on_ctl(self, ident: bytes, header: dict, payload) -> None:
-        broker_control.handle_ctl(self, ident, header)
+    _on_ctl = broker_control.handle_ctl     # steering lives in ``control``; it runs on this thread
 
     # -- housekeeping -------------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -387,12 +385,6 @@ class Broker:
     def snapshot(self) -> dict:
         """The stats object (JSON-ready; its layout is described in ``stats``)."""
         now, sup = time.monotonic(), self.supervisor
-        groups: dict[str, dict] = {"rejections": {}, "song_errors": {}}
-        for key, value in self.totals.items():
-            for prefix, group in (("rejected_", "rejections"), ("song_failed_", "song_errors")):
-                if key.startswith(prefix):
-                    groups[group][key[len(prefix):]] = value
-        groups["song_errors"]["too_short"] = self.totals["songs_too_short"]
         return {
             "address": self.address, "uptime_s": now - self.started, "paused": self.paused,
             "rates": {k: self.meters[k].rate() for k in RATE_STAGES},
@@ -405,8 +397,6 @@ class Broker:
                         "restarts": sup.restarts if sup else 0,
                         "list": [w.describe(now) for w in self.peers.workers.values()]},
             "clients": [c.describe() for c in self.peers.clients.values()],
-            **groups,
-            "malformed": sum(v for k, v in self.errors.items() if k in MALFORMED or k.startswith("bad_")),
-            "errors": dict(self.errors),
+            **grouped_counters(self.totals, self.errors),
             "banned_songs": self.book.describe(),
         }

@@ -14,8 +14,8 @@ from synth_server.protocol import encode
 log = logging.getLogger(__name__)
 
 
-def handle_ctl(broker, ident: bytes, header: dict) -> None:
-    """Answer a "ctl" message: the stats object, or the outcome of a command."""
+def handle_ctl(broker, ident: bytes, header: dict, payload=None) -> None:
+    """Answer a "ctl" message (it is ``Broker._on_ctl``): the stats object, or the outcome of a command."""
     cmd, key, value = parse_ctl(header, broker.cfg.max_reuse)
     if cmd == "stats":
         broker.send(ident, encode({"type": "stats", "stats": broker.snapshot()}))

@@ -10,6 +10,21 @@ from typing import Any
 
 RATE_STAGES = ("rendered", "kept", "received", "served")
 MALFORMED = ("protocol", "unexpected_type")    # plus every "bad_<message type>" reason
+_GROUPS = (("rejected_", "rejections"), ("song_failed_", "song_errors"))
+
+
+def grouped_counters(totals: dict[str, int], errors: dict[str, int]) -> dict[str, Any]:
+    """The snapshot's ``rejections`` / ``song_errors`` (from ``rejected_*`` / ``song_failed_*``
+    totals, plus ``too_short``), ``malformed`` (sum of malformed-message reasons) and ``errors``."""
+    groups: dict[str, Any] = {"rejections": {}, "song_errors": {}}
+    for key, value in totals.items():
+        for prefix, group in _GROUPS:
+            if key.startswith(prefix):
+                groups[group][key[len(prefix):]] = value
+    groups["song_errors"]["too_short"] = totals.get("songs_too_short", 0)
+    groups["malformed"] = sum(v for k, v in errors.items() if k in MALFORMED or k.startswith("bad_"))
+    groups["errors"] = dict(errors)
+    return groups
 
 
 def _fmt_duration(seconds: float) -> str:
