@@ -124,18 +124,18 @@ def test_analyze_and_dump_skip_hostile_files(hostile, tmp_path, capsys, busy_mid
     corpus.mkdir()
     for name, data in hostile.items():
         (corpus / name).write_bytes(data)
-    for i in range(2):
+    for i in range(4):      # enough eligible songs that train keeps 3 after valid and test take theirs
         busy_midi(6.0, i).write(str(corpus / f"good_{i}.mid"))
     assert main(["analyze", str(corpus), "--json", "--jobs", "2"]) == 0
     report = json.loads(capsys.readouterr().out)
     broken = {b["path"]: b["reason"] for b in report["broken"]["files"]}
-    assert report["files_scanned"] == len(hostile) + 2
+    assert report["files_scanned"] == len(hostile) + 4
     assert all(reason for reason in broken.values())
     assert broken["million_zero_notes.mid"] == "too many events (more than 500000)"
     assert {"good_0.mid", "good_1.mid", "chord_bomb.mid"}.isdisjoint(broken)
     assert main(["analyze", str(corpus), "--json", "--jobs", "2"]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert again["parsed"] == 0 and again["cached"] == len(hostile) + 2       # broken files are not retried
+    assert again["parsed"] == 0 and again["cached"] == len(hostile) + 4       # broken files are not retried
     assert {b["path"]: b["reason"] for b in again["broken"]["files"]} == broken
 
     out = tmp_path / "dump"

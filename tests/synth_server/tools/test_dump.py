@@ -11,7 +11,7 @@ from synth_server.synth.demo import write_demo_corpus
 
 def test_dump_writes_chunks_with_audio_facts(tmp_path):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
-    write_demo_corpus(corpus, 3, seed=3)
+    write_demo_corpus(corpus, 5, seed=3)      # train keeps >= 3 songs after valid and test take theirs
     code = main(["dump", "--corpus", str(corpus), "--n", "5", "--out", str(out), "--seed", "1",
                  "--split", "train", "--jobs", "1", "--excerpt", "2", "--max-chunks-per-song", "3"])
     assert code == 0
