@@ -77,7 +77,7 @@ def song_chunks(midi, song_id: str, renderer: Renderer, cfg: ChunkSourceConfig, 
     soundfont = renderer.soundfont_for(song_id)
     kept = 0
     for start, n in plan:
-        stems = renderer.render(midi, start, n * audio.target + 2 * audio.context, soundfont)
+        stems = renderer.render(midi, start, n * audio.target + 2 * audio.context, soundfont, counters)
         counters["excerpts"] += 1
         for chunk in chunk_and_filter(stems, song_id, start, audio, cfg.filter, counters):
             yield chunk
