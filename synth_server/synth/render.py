@@ -11,6 +11,11 @@ An excerpt sounds as the song does at that point: each stem's render begins at t
 onset of the notes still sounding at the excerpt start (held, pedalled or in their release, as
 the soundfont's envelopes and samples bound them; ``sf2``), at least ``preroll`` and at most
 ``preroll_cap`` seconds early, and the controller history before it is replayed in time order.
+What remains different is the first 64-sample block after a note onset: FluidSynth 2.3 ramps a
+new voice's output gains over that block from the gains of the voice that last used its voice
+slot, and which slot a note gets depends on the whole history (so two whole-song renders after
+different histories differ there too). Outside those blocks an excerpt matches the whole-song
+render to > 90 dB, mostly bit for bit.
 
 Create a :class:`Renderer` only after the process has started (FluidSynth is not fork-safe).
 """
