@@ -153,21 +153,6 @@ def earliest_sounding(ev: InstrumentEvents, ends: np.ndarray, start: int) -> int
     return int(ev.on[sounding[0]]) if len(sounding) else start
 
 
-def needed_before(ev: InstrumentEvents, ends: np.ndarray, start: int, exclusive: np.ndarray) -> np.ndarray:
-    """Of the notes begun before ``start`` (a mask over them), those a render leading up to
-    ``start`` must play: the ones still sounding there, and the ones that can cut one of those
-    short in FluidSynth (a note-on of the same key releases it; one of the same exclusive class
-    stops it: ``exclusive`` per key, 0 none, -1 unknown). All of a ``chained`` track."""
-    n = int(np.searchsorted(ev.on, start, "left"))
-    if ev.chained:
-        return np.ones(n, bool)
-    pitch, sounding = ev.pitch[:n], ends[:n] > start
-    keys = np.unique(pitch[sounding])
-    classes, cls = exclusive[keys], exclusive[pitch]
-    related = (cls != 0) & (np.isin(cls, classes[classes != 0]) | (cls == -1) | bool((classes == -1).any()))
-    return sounding | np.isin(pitch, keys) | related
-
-
 def _rows(sample, kind, channel, a, b) -> np.ndarray:
     sample = np.asarray(sample, np.int64)
     n = sample.shape[0]
@@ -192,15 +177,12 @@ def _replay(ev: InstrumentEvents, start: int) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def _channel_events(ev: InstrumentEvents, ch: int, start: int, end: int, restart: bool,
-                    skip: np.ndarray | None) -> list[np.ndarray]:
+def _channel_events(ev: InstrumentEvents, ch: int, start: int, end: int, restart: bool) -> list[np.ndarray]:
     replay = _replay(ev, start)
     a, b = np.searchsorted(ev.ctl_time, (start, end), "left")
     parts = [_control_rows(np.full(len(replay), start), ev.ctl_key[replay], ev.ctl_value[replay], ch),
              _control_rows(ev.ctl_time[a:b], ev.ctl_key[a:b], ev.ctl_value[a:b], ch)]
     keep = (ev.on >= start) & (ev.on < end)
-    if skip is not None:
-        keep[:len(skip)] &= ~skip
     if restart:   # keys down at ``start`` strike again there
         keep |= (ev.on < start) & (ev.off > start)
     parts.append(_rows(np.maximum(ev.on[keep], start), NOTE_ON, ch, ev.pitch[keep], ev.velocity[keep]))
@@ -211,21 +193,18 @@ def _channel_events(ev: InstrumentEvents, ch: int, start: int, end: int, restart
     return parts
 
 
-def stem_events(tracks: list[InstrumentEvents], start: int, end: int, restart: bool = False,
-                skip: list[np.ndarray] | None = None) -> np.ndarray:
+def stem_events(tracks: list[InstrumentEvents], start: int, end: int, restart: bool = False) -> np.ndarray:
     """Events of a render of samples [start, end) of a stem -> ``(n, 5)`` int64 (``COLUMNS``).
 
     ``tracks[i]`` plays on channel i. ``start`` and ``end`` are multiples of BLOCK. The
     controller and pitch-bend history before ``start`` is replayed at ``start`` (compressed, in
     time order); notes begun before ``start`` are left out (choose ``start`` with
     ``earliest_sounding`` so that none still sounds), or with ``restart`` those whose key is
-    still down strike again at ``start``, but their note-offs are kept; ``skip[i]`` (a mask over
-    the first notes of track i) leaves out more notes (ones ``needed_before`` an excerpt start
-    finds silent there and harmless); events at or after ``end`` are dropped. Sorted by
+    still down strike again at ``start``, but their note-offs are kept; events at or after
+    ``end`` are dropped. Sorted by
     sample, then note-offs before controls before note-ons, controls in time order.
     """
-    skip = skip or [None] * len(tracks)
-    parts = [p for ch, ev in enumerate(tracks) for p in _channel_events(ev, ch, start, end, restart, skip[ch])]
+    parts = [p for ch, ev in enumerate(tracks) for p in _channel_events(ev, ch, start, end, restart)]
     events = np.concatenate(parts) if parts else np.zeros((0, 5), np.int64)
     if len(events) > MAX_EVENTS:
         raise EventError(f"more than {MAX_EVENTS} events in one excerpt")

@@ -31,8 +31,7 @@ import numpy as np
 
 from synth_server.config import AudioConfig, InstrumentClass, RenderConfig, class_instruments
 from synth_server.synth.events import (BLOCK, BEND, CONTROL, NOTE_OFF, NOTE_ON, EventError, InstrumentEvents,
-                                       earliest_sounding, instrument_events, needed_before, note_ends,
-                                       stem_events)
+                                       earliest_sounding, instrument_events, note_ends, stem_events)
 from synth_server.synth.sf2 import PresetTails, SoundfontFileError
 
 _DRUM_BANK = 128
@@ -45,14 +44,13 @@ class RenderError(RuntimeError):
 
 @dataclass(frozen=True)
 class _Track:
-    """One instrument of a stem as rendered with one soundfont: its events, the preset it plays,
-    the sample by which each of its notes has stopped sounding and its keys' exclusive classes."""
+    """One instrument of a stem as rendered with one soundfont: its events, the preset it plays
+    and the sample by which each of its notes has stopped sounding."""
 
     events: InstrumentEvents
     bank: int
     program: int
     ends: np.ndarray
-    exclusive: np.ndarray
 
 
 def _bind_c_functions():
@@ -195,8 +193,7 @@ class Renderer:
                 for inst in insts:
                     events, (bank, program) = instrument_events(inst, sr), self._preset(inst, soundfont)
                     tail = tails.tail(bank, program)
-                    ends = note_ends(events, tail.hold_limit, tail.release, sr)
-                    tracks.append(_Track(events, bank, program, ends, tail.exclusive))
+                    tracks.append(_Track(events, bank, program, note_ends(events, tail.hold_limit, tail.release, sr)))
                 self._song_stems.append(tracks)
             self._song = (midi, soundfont)
         return self._song_stems
@@ -231,12 +228,8 @@ class Renderer:
                 raise RenderError(f"class {self.classes[i].name}: {len(tracks)} instruments > {self.channels} channels")
             r0, cut = self.render_start(tracks, start)
             capped |= cut
-            # the pre-roll plays only what can still be heard at ``start``: notes silent by then
-            # (and unable to cut a sounding one short) cost render time and change nothing
-            skip = [(t.events.on[:len(m)] >= r0) & ~m for t in tracks
-                    for m in [needed_before(t.events, t.ends, start, t.exclusive)]]
             try:
-                events = stem_events([t.events for t in tracks], r0, r1, restart=cut, skip=skip)
+                events = stem_events([t.events for t in tracks], r0, r1, restart=cut)
             except EventError as exc:
                 raise RenderError(str(exc)) from None
             for ch, track in enumerate(tracks):

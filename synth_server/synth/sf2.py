@@ -19,8 +19,7 @@ import numpy as np
 START, END, START_COARSE, END_COARSE = 0, 1, 4, 12
 MOD_LFO_PITCH, VIB_LFO_PITCH, MOD_ENV_PITCH = 5, 6, 7
 DELAY, ATTACK, HOLD, DECAY, SUSTAIN, RELEASE, KEY_TO_HOLD, KEY_TO_DECAY = 33, 34, 35, 36, 37, 38, 39, 40
-INSTRUMENT, KEY_RANGE, _VEL_RANGE, COARSE_TUNE, FINE_TUNE, SAMPLE, SAMPLE_MODES, SCALE_TUNING = 41, 43, 44, 51, 52, 53, 54, 56
-EXCLUSIVE_CLASS, ROOT_KEY = 57, 58
+INSTRUMENT, KEY_RANGE, _VEL_RANGE, COARSE_TUNE, FINE_TUNE, SAMPLE, SAMPLE_MODES, SCALE_TUNING, ROOT_KEY = 41, 43, 44, 51, 52, 53, 54, 56, 58
 _DEFAULTS = {DELAY: -12000, ATTACK: -12000, HOLD: -12000, DECAY: -12000, RELEASE: -12000,
              SCALE_TUNING: 100, ROOT_KEY: -1, KEY_RANGE: 127 << 8}
 # FluidSynth's limits on envelope times (timecents), fluid_conv.c
@@ -36,15 +35,12 @@ class SoundfontFileError(ValueError):
 
 @dataclass(frozen=True)
 class PresetTail:
-    """Per MIDI key (arrays of 128): a note of this preset sounds until at most
-    ``min(on + hold_limit[key], off + release[key])`` seconds, ``off`` being when its key and the
-    pedals let go. ``hold_limit`` is inf for a looped sample that sustains; 0 for keys with no
-    zone. ``exclusive``: the key's exclusive class (a note of a class stops the sounding ones of
-    that class, e.g. a closed hi-hat the open one): 0 for none, -1 when its zones disagree."""
+    """Per MIDI key (arrays of 128 seconds): a note of this preset sounds until at most
+    ``min(on + hold_limit[key], off + release[key])``, ``off`` being when its key and the pedals
+    let go. ``hold_limit`` is inf for a looped sample that sustains; 0 for keys with no zone."""
 
     hold_limit: np.ndarray
     release: np.ndarray
-    exclusive: np.ndarray
 
 
 def _seconds(tc, gen: int):
@@ -199,7 +195,7 @@ class PresetTails:
 
     def _compute(self, j: int) -> PresetTail:
         keys_all = np.arange(128)
-        hold, release, exclusive = np.zeros(128), np.zeros(128), np.zeros(128, np.int64)
+        hold, release = np.zeros(128), np.zeros(128)
         for pgens, pspread in self._presets.zones(j):
             plo, phi = _key_range(pgens.get(KEY_RANGE, 127 << 8))
             offsets = {g: v for g, v in pgens.items() if g not in (INSTRUMENT, KEY_RANGE, _VEL_RANGE)}
@@ -212,12 +208,8 @@ class PresetTails:
                 spread = {g: ispread.get(g, 0) + pspread.get(g, 0) for g in {*ispread, *pspread}}
                 h, r = _zone_bounds(gens, spread, keys, self._sample_frames(gens[SAMPLE] & 0xFFFF))
                 hold[keys], release[keys] = np.maximum(hold[keys], h), np.maximum(release[keys], r)
-                cls = igens.get(EXCLUSIVE_CLASS, 0)
-                if cls:
-                    exclusive[keys] = np.where((exclusive[keys] == 0) | (exclusive[keys] == cls), cls, -1)
-        for a in (hold, release, exclusive):
-            a.flags.writeable = False
-        return PresetTail(hold, release, exclusive)
+        hold.flags.writeable = release.flags.writeable = False
+        return PresetTail(hold, release)
 
     def _sample_frames(self, index: int) -> tuple[float, dict]:
         """(frames, header fields) of sample ``index``; frames inf when unknown."""

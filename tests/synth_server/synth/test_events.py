@@ -2,7 +2,7 @@
 import numpy as np
 import pretty_midi
 
-from synth_server.synth.events import (BEND, BLOCK, CONTROL, NOTE_OFF, NOTE_ON, earliest_sounding, needed_before,
+from synth_server.synth.events import (BEND, BLOCK, CONTROL, NOTE_OFF, NOTE_ON, earliest_sounding,
                                        instrument_events, note_ends, stem_events, to_grid)
 
 SR = 44100
@@ -94,17 +94,3 @@ def test_portamento_tracks_need_the_whole_history():
     ev = instrument_events(instrument(notes=[(60, 0.0, 0.4), (62, 3.0, 3.5)], ccs=[(65, 127, 0.0)]), SR)
     assert ev.chained
     assert earliest_sounding(ev, note_ends(ev, np.zeros(128), np.zeros(128), SR), SR * 2) == 0
-
-
-def test_prelude_plays_only_notes_that_can_still_be_heard():
-    """Before the excerpt start only sounding notes matter, and those that can cut one short:
-    a note-on of the same key, or of the same exclusive class (hi-hats)."""
-    inst = instrument(notes=[(49, 1.0, 1.1), (36, 1.2, 1.3), (42, 1.4, 1.5), (49, 1.6, 1.7), (46, 1.8, 1.9)])
-    ev = instrument_events(inst, SR)
-    hold = np.full(128, 0.2)
-    hold[49] = hold[46] = 5.0                                  # the crash and the open hi-hat ring on
-    ends = note_ends(ev, hold, np.full(128, 10.0), SR)
-    exclusive = np.zeros(128, np.int64)
-    exclusive[[42, 44, 46]] = 1                                # the hi-hat pair
-    needed = needed_before(ev, ends, int(to_grid(2.0, SR)), exclusive)
-    assert needed.tolist() == [True, False, True, True, True]  # the kick is silent and harmless
