@@ -65,7 +65,7 @@ def song_chunks(midi, song_id: str, renderer: Renderer, cfg: ChunkSourceConfig, 
 
     Each yielded chunk's ``stems`` is ``(stems, context + target + context)`` float32 (a view
     into the excerpt render). Counters: ``rendered``, ``kept``, ``rejected_<reason>``,
-    ``excerpts`` and ``songs_too_short``.
+    ``excerpts``, ``preroll_capped`` (``Renderer.render``) and ``songs_too_short``.
     """
     audio = cfg.audio
     duration = int((midi.get_end_time() + TAIL) * audio.sample_rate)
