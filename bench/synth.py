@@ -1,11 +1,13 @@
 """Kept chunks per core-second, three ways, on the same songs, in one run.
 
-  (a) stemstream's renderer: persistent synth, excerpts with pre-roll, aligned stems, chunk+filter
+  (a) stemstream's renderer: persistent synth, excerpts with pre-roll, aligned stems, chunk+filter;
+      with the pre-roll chosen per excerpt and stem from the notes still sounding (default), and
+      with the old fixed 2 s pre-roll (a2: --preroll 2 --preroll-cap 2), on the same excerpts
   (b) the `fluidsynth -F` CLI writing one WAV per stem, then chunk+filter
   (c) pretty_midi's `instrument.fluidsynth()` per instrument, summed per stem, then chunk+filter
   (bare) the same persistent synth driven by a minimal loop over the same excerpts (render only)
 
-Prints a/b, a/c and a/bare. Songs: the demo corpus plus ../shared/midi/real (eligible songs).
+Prints a/b, a/c, a/a2 and a/bare, and the pre-roll (a) renders per stem. Songs: the demo corpus plus ../shared/midi/real (eligible songs).
 CPU time (this process + children) is what is compared, so the figures are per core.
 
     .venv/bin/python bench/synth.py [--songs N] [--demo-songs N] [--seconds S]
@@ -69,12 +71,15 @@ def run_ours(songs, renderer, cfg) -> int:
 
 
 def bare_render(r: Renderer, midi, start: int, length: int) -> None:
-    """A minimal persistent-synth loop over the same notes, controllers and pitch bends: events in
-    time order, float writes between them; no block grid, state replay, silence check or chunking."""
+    """A minimal persistent-synth loop over the same notes, controllers and pitch bends and the
+    same render spans as ``r`` (its ``render_start`` per stem): events in time order, float writes
+    between them; no block grid, state replay, silence check or chunking."""
     sr, fs, synth = AUDIO.sample_rate, r._fs, r.synth.synth
-    r0 = max(0, start - int(r.cfg.preroll * sr))
-    buf = np.empty((2, start + length - r0), np.float32)
-    for insts in class_instruments(r.classes, midi.instruments):
+    for insts, tracks in zip(class_instruments(r.classes, midi.instruments), r._stems(midi, 0)):
+        if not insts:
+            continue
+        r0 = r.render_start(tracks, start)[0]
+        buf = np.empty((2, start + length - r0), np.float32)
         events = []
         for ch, inst in enumerate(insts):
             r.synth.program_select(ch, r._sfids[0], 128 if inst.is_drum else 0, inst.program)
@@ -99,6 +104,23 @@ def bare_render(r: Renderer, midi, start: int, length: int) -> None:
         for ch in range(len(insts)):   # stop voices at once so no tail leaks into the next render
             fs.fluid_synth_all_sounds_off(synth, ch)
         fs.fluid_synth_system_reset(synth)
+
+
+def preroll_figures(songs, renderer, cfg) -> tuple[float, float, int]:
+    """(mean pre-roll seconds per stem render, share of excerpts capped, stem renders) of the
+    excerpts (a) renders."""
+    rng, per = np.random.default_rng(0), int(cfg.render.excerpt * AUDIO.sample_rate) // AUDIO.target
+    seconds, capped, excerpts, stems = 0.0, 0, 0, 0
+    for _, midi in songs:
+        duration = int((midi.get_end_time() + TAIL) * AUDIO.sample_rate)
+        for start, _ in plan_excerpts(duration, AUDIO, per, rng):
+            cut = False
+            for tracks in renderer._stems(midi, 0):
+                if tracks:
+                    r0, c = renderer.render_start(tracks, start)
+                    seconds, stems, cut = seconds + (start - r0) / AUDIO.sample_rate, stems + 1, cut or c
+            capped, excerpts = capped + cut, excerpts + 1
+    return seconds / max(stems, 1), capped / max(excerpts, 1), stems
 
 
 def run_bare(songs, renderer, cfg) -> int:
@@ -168,28 +190,39 @@ def main() -> int:
     print(f"{len(songs)} songs, {seconds:.0f} s of music, soundfont {SF2.name}, one core")
     # every chunk of every song, as (b) and (c) produce: long excerpts, no per-song cap
     render = RenderConfig(excerpt=args.excerpt)
+    fixed = RenderConfig(excerpt=args.excerpt, preroll=2.0, preroll_cap=2.0)    # the pre-roll before issue 15
     cfg = ChunkSourceConfig(corpus=CorpusConfig(root=tmp), render=render, max_chunks_per_song=10**9)
+    cfg_fixed = ChunkSourceConfig(corpus=CorpusConfig(root=tmp), render=fixed, max_chunks_per_song=10**9)
     renderer = Renderer(render, AUDIO, DEFAULT_CLASSES, [SF2])
-    print(f"(a) renders {args.excerpt:g} s excerpts with {render.preroll:g} s pre-roll; (b), (c) whole songs")
-    a_n = a_cpu = bare_n = bare_cpu = 0.0
-    for song in songs:  # alternate per song so load changes on a shared machine hit both alike
+    renderer_fixed = Renderer(fixed, AUDIO, DEFAULT_CLASSES, [SF2])
+    mean_preroll, capped, stem_renders = preroll_figures(songs, renderer, cfg)
+    print(f"(a) renders {args.excerpt:g} s excerpts; pre-roll per stem from the notes still sounding "
+          f"(min {render.preroll:g} s, cap {render.preroll_cap:g} s): mean {mean_preroll:.2f} s over "
+          f"{stem_renders} stem renders, {capped:.1%} of excerpts capped; (a2) fixed 2 s; (b), (c) whole songs")
+    a_n = a_cpu = a2_n = a2_cpu = bare_n = bare_cpu = 0.0
+    for song in songs:  # alternate per song so load changes on a shared machine hit all alike
         t0 = cpu_seconds()
         a_n += run_ours([song], renderer, cfg)
         t1 = cpu_seconds()
         bare_n += run_bare([song], renderer, cfg)
-        a_cpu, bare_cpu = a_cpu + t1 - t0, bare_cpu + cpu_seconds() - t1
+        t2 = cpu_seconds()
+        a2_n += run_ours([song], renderer_fixed, cfg_fixed)
+        a_cpu, bare_cpu, a2_cpu = a_cpu + t1 - t0, bare_cpu + t2 - t1, a2_cpu + cpu_seconds() - t2
     print(f"  {'(a) stemstream renderer: kept':<34} {a_n:6.0f} in {a_cpu:6.2f} cpu-s -> {a_n / a_cpu:8.1f} /core-s")
+    print(f"  {'(a2) same, fixed 2 s pre-roll: kept':<34} {a2_n:6.0f} in {a2_cpu:6.2f} cpu-s -> "
+          f"{a2_n / a2_cpu:8.1f} /core-s")
     print(f"  {'(bare) minimal loop: chunk slots':<34} {bare_n:6.0f} in {bare_cpu:6.2f} cpu-s -> "
           f"{bare_n / bare_cpu:8.1f} /core-s")
     c_n, c_cpu = measure("(c) pretty_midi fluidsynth(): kept", run_pretty_midi, songs)
     b = measure("(b) fluidsynth -F per stem: kept", run_cli, songs, tmp) if shutil.which("fluidsynth") else None
     a = a_n / a_cpu
+    print(f"a/a2 = {a / (a2_n / a2_cpu):.2f}   (the exact pre-roll's cost against the fixed 2 s)")
     print(f"a/c = {a / (c_n / c_cpu):.2f}")
     if b:
         print(f"a/b = {a / (b[0] / b[1]):.2f}   (goal >= 2.0)")
     else:
         print("a/b: skipped, the `fluidsynth` CLI is not installed (apt install fluidsynth)")
-    print(f"renderer time / bare loop time on the same excerpts = {a_cpu / bare_cpu:.2f}   (goal <= 1.10)")
+    print(f"renderer time / bare loop time on the same excerpts and spans = {a_cpu / bare_cpu:.2f}   (goal <= 1.10)")
     print(f"kept share of rendered chunk slots: {a_n / bare_n:.2f} (the filter's rejections)")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

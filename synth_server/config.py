@@ -137,7 +137,8 @@ class RenderConfig:
     chorus: bool = False
     gain: float = 0.3
     polyphony: int = 256
-    preroll: float = 2.0          # seconds rendered before an excerpt and thrown away
+    preroll: float = 0.0          # seconds rendered before an excerpt at least (and thrown away)
+    preroll_cap: float = 30.0     # seconds at most, though a note sounding at the start began earlier
     excerpt: float = 8.0          # seconds of target audio per excerpt render
     render_timeout: float = 60.0  # seconds; a render that takes longer is cut off
 

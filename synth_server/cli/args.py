@@ -35,7 +35,11 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reverb", action="store_true", help="turn FluidSynth's reverb on")
     g.add_argument("--chorus", action="store_true", help="turn FluidSynth's chorus on")
     g.add_argument("--gain", type=float, default=RenderConfig.gain)
-    g.add_argument("--preroll", type=float, default=RenderConfig.preroll, help="seconds rendered before an excerpt")
+    g.add_argument("--preroll", type=float, default=RenderConfig.preroll,
+                   help="seconds rendered before an excerpt at least; more when a note sounding at its start "
+                        "began earlier (raise it with --reverb/--chorus: effect tails are not tracked)")
+    g.add_argument("--preroll-cap", type=float, default=RenderConfig.preroll_cap,
+                   help="seconds rendered before an excerpt at most (counted as preroll_capped when cut)")
     g.add_argument("--excerpt", type=float, default=RenderConfig.excerpt, help="seconds of target audio per render")
     g.add_argument("--max-chunks-per-song", type=int, default=ChunkSourceConfig.max_chunks_per_song)
     g.add_argument("--split", choices=SPLITS, default="train")
@@ -75,13 +79,13 @@ def corpus_config(args: argparse.Namespace, root: Path) -> CorpusConfig:
 def source_config(args: argparse.Namespace, root: Path, seed: int = 0) -> ChunkSourceConfig:
     for name in ("sample_rate", "target", "excerpt", "max_chunks_per_song"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
-    if args.context < 0 or args.preroll < 0:
-        raise UsageError("--context and --preroll must be >= 0")
+    if args.context < 0 or args.preroll < 0 or args.preroll_cap < 0:
+        raise UsageError("--context, --preroll and --preroll-cap must be >= 0")
     return ChunkSourceConfig(
         corpus=corpus_config(args, root),
         audio=AudioConfig(sample_rate=args.sample_rate, target=args.target, context=args.context),
         render=RenderConfig(soundfont=args.soundfont, reverb=args.reverb, chorus=args.chorus, gain=args.gain,
-                            preroll=args.preroll, excerpt=args.excerpt),
+                            preroll=args.preroll, preroll_cap=args.preroll_cap, excerpt=args.excerpt),
         filter=FilterConfig(silence_db=args.silence_db, single_class_db=args.single_class_db,
                             active_db=args.active_db, min_active=args.min_active),
         split=args.split, max_chunks_per_song=args.max_chunks_per_song, seed=seed,

@@ -389,6 +389,7 @@ class Broker:
             "address": self.address, "uptime_s": now - self.started, "paused": self.paused,
             "rates": {k: self.meters[k].rate() for k in RATE_STAGES},
             "totals": {k: self.totals[k] for k in (*RATE_STAGES, "batches", "songs_sent")},
+            "excerpts": {"rendered": self.totals["excerpts"], "preroll_capped": self.totals["preroll_capped"]},
             "pool": {"size": len(self.pool), "capacity": self.pool.capacity, "budget_bytes": self.budget_bytes(),
                      **self.pool.freshness()},
             "reuse": {"value": self.pool.reuse, "auto": self.reuse.auto, "max": self.cfg.max_reuse},

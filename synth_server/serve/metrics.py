@@ -46,6 +46,8 @@ def snapshot_metrics(s: dict[str, Any]) -> Iterator[Metric]:
     yield _family(C, "worker_restarts", "Local worker restarts", (), [((), w["restarts"])])
     yield _family(G, "worker_kept_per_second", "Chunks received per worker", ("worker",),
                   [((p["id"],), p["recv_rate"]) for p in w.get("list", [])])
+    yield _family(C, "excerpts", "Excerpt renders, and those whose pre-roll the cap cut short", ("kind",),
+                  [((k,), v) for k, v in sorted((s.get("excerpts") or {}).items())])
     yield _family(C, "rejected", "Chunks rejected by the filter", ("reason",),
                   [((k,), v) for k, v in sorted(s["rejections"].items())])
     yield _family(C, "song_errors", "Songs skipped by workers", ("reason",),

@@ -2,7 +2,8 @@
 
 A snapshot is the JSON object the broker answers to ``{"cmd": "stats"}`` (``Broker.snapshot``):
 ``rates``/``totals`` (chunks: rendered, kept, received, served), ``pool``, ``reuse``, ``workers``,
-``clients``, ``rejections``, ``song_errors``, ``malformed``, ``errors``, ``paused``, ``uptime_s``.
+``excerpts`` (rendered, preroll_capped), ``clients``, ``rejections``, ``song_errors``, ``malformed``, ``errors``,
+``paused``, ``uptime_s``.
 """
 from __future__ import annotations
 
@@ -81,6 +82,8 @@ def format_stats(s: dict[str, Any]) -> str:
     lines += _fmt_pool(s["pool"])
     lines.append(f"reuse     R={reuse['value']} ({'auto' if reuse['auto'] else 'fixed'}, max {reuse['max']})")
     lines += _fmt_workers(s["workers"])
+    ex = s.get("excerpts") or {"rendered": 0, "preroll_capped": 0}
+    lines.append(f"excerpts  {ex['rendered']} rendered, {ex['preroll_capped']} with the pre-roll capped")
     lines.append("rejected  " + _fmt_counts(s["rejections"]))
     lines.append("song err  " + _fmt_counts(s["song_errors"]))
     banned = s.get("banned_songs") or {"count": 0, "songs": []}

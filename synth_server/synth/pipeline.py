@@ -65,7 +65,7 @@ def song_chunks(midi, song_id: str, renderer: Renderer, cfg: ChunkSourceConfig, 
 
     Each yielded chunk's ``stems`` is ``(stems, context + target + context)`` float32 (a view
     into the excerpt render). Counters: ``rendered``, ``kept``, ``rejected_<reason>``,
-    ``excerpts`` and ``songs_too_short``.
+    ``excerpts``, ``preroll_capped`` (``Renderer.render``) and ``songs_too_short``.
     """
     audio = cfg.audio
     duration = int((midi.get_end_time() + TAIL) * audio.sample_rate)
@@ -77,7 +77,7 @@ def song_chunks(midi, song_id: str, renderer: Renderer, cfg: ChunkSourceConfig, 
     soundfont = renderer.soundfont_for(song_id)
     kept = 0
     for start, n in plan:
-        stems = renderer.render(midi, start, n * audio.target + 2 * audio.context, soundfont)
+        stems = renderer.render(midi, start, n * audio.target + 2 * audio.context, soundfont, counters)
         counters["excerpts"] += 1
         for chunk in chunk_and_filter(stems, song_id, start, audio, cfg.filter, counters):
             yield chunk

@@ -7,18 +7,32 @@ ends on that grid, and between stems the synth is silenced and checked to be sil
 event lands on the same sample in every stem and in every excerpt of a song: stems are
 sample-aligned and chunked renders equal one long render.
 
+An excerpt sounds as the song does at that point: each stem's render begins at the earliest
+onset of the notes still sounding at the excerpt start (held, pedalled or in their release, as
+the soundfont's envelopes and samples bound them; ``sf2``), at least ``preroll`` and at most
+``preroll_cap`` seconds early, and the controller history before it is replayed in time order.
+What remains different is the first 64-sample block after a note onset: FluidSynth 2.3 ramps a
+new voice's output gains over that block from the gains of the voice that last used its voice
+slot, and which slot a note gets depends on the whole history (so two whole-song renders after
+different histories differ there too). Outside those blocks an excerpt matches the whole-song
+render to > 90 dB, mostly bit for bit.
+
 Create a :class:`Renderer` only after the process has started (FluidSynth is not fork-safe).
 """
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from dataclasses import dataclass
 from ctypes import c_int, c_void_p
 from pathlib import Path
 
 import numpy as np
 
 from synth_server.config import AudioConfig, InstrumentClass, RenderConfig, class_instruments
-from synth_server.synth.events import BLOCK, BEND, CONTROL, NOTE_OFF, NOTE_ON, EventError, instrument_events, stem_events
+from synth_server.synth.events import (BLOCK, BEND, CONTROL, NOTE_OFF, NOTE_ON, EventError, InstrumentEvents,
+                                       earliest_sounding, instrument_events, note_ends, stem_events)
+from synth_server.synth.sf2 import PresetTails, SoundfontFileError
 
 _DRUM_BANK = 128
 _FLUID_WARN, _FLUID_INFO = 2, 3   # fluid_log_level
@@ -26,6 +40,17 @@ _FLUID_WARN, _FLUID_INFO = 2, 3   # fluid_log_level
 
 class RenderError(RuntimeError):
     """A song that cannot be rendered (too many events, unknown presets, ...)."""
+
+
+@dataclass(frozen=True)
+class _Track:
+    """One instrument of a stem as rendered with one soundfont: its events, the preset it plays
+    and the sample by which each of its notes has stopped sounding."""
+
+    events: InstrumentEvents
+    bank: int
+    program: int
+    ends: np.ndarray
 
 
 def _bind_c_functions():
@@ -51,7 +76,8 @@ def _bind_c_functions():
 class Renderer:
     """Renders the stems of song excerpts. One instance per process.
 
-    ``render(midi, start, length)`` -> ``(stems, length)`` float32, mono, at ``audio.sample_rate``.
+    ``render(midi, start, length, soundfont, counters)`` -> ``(stems, length)`` float32, mono, at
+    ``audio.sample_rate``.
     """
 
     def __init__(self, render: RenderConfig, audio: AudioConfig, classes: tuple[InstrumentClass, ...],
@@ -65,13 +91,17 @@ class Renderer:
                                     channels=self.channels)
         self._apply_settings()
         self.soundfonts = [Path(p) for p in soundfonts]
-        self._sfids = []
+        self._sfids, self._tails = [], []
         for path in self.soundfonts:
             sfid = self.synth.sfload(str(path))
             if sfid < 0:
                 raise RenderError(f"FluidSynth could not load soundfont {path}")
+            try:
+                self._tails.append(PresetTails(path))
+            except (OSError, SoundfontFileError) as exc:
+                raise RenderError(f"cannot read the presets of soundfont {path}: {exc}") from None
             self._sfids.append(sfid)
-        self._song, self._song_tracks = None, []
+        self._song, self._song_stems = None, []
         self._silence()
         self._warm_up()
 
@@ -121,14 +151,19 @@ class Renderer:
         self._write(buf, 0, buf.shape[1])
         self._silence()
 
-    def _setup_channel(self, ch: int, inst, sfid: int) -> None:
-        drum = bool(inst.is_drum)
-        self._set_type(self.synth.synth, ch, 1 if drum else 0)
-        bank = _DRUM_BANK if drum else 0
-        if self.synth.program_select(ch, sfid, bank, inst.program) < 0:
-            # soundfont lacks that preset: fall back to the first one of the bank
-            if self.synth.program_select(ch, sfid, bank, 0) < 0:
-                raise RenderError(f"soundfont has no preset in bank {bank}")
+    def _preset(self, inst, soundfont: int) -> tuple[int, int]:
+        """(bank, program) an instrument plays: its program, or program 0 of the bank when the
+        soundfont lacks it."""
+        bank = _DRUM_BANK if inst.is_drum else 0
+        for program in (int(inst.program), 0):
+            if self._tails[soundfont].tail(bank, program) is not None:
+                return bank, program
+        raise RenderError(f"soundfont {self.soundfonts[soundfont].name} has no preset in bank {bank}")
+
+    def _setup_channel(self, ch: int, track: _Track, sfid: int) -> None:
+        self._set_type(self.synth.synth, ch, 1 if track.bank == _DRUM_BANK else 0)
+        if self.synth.program_select(ch, sfid, track.bank, track.program) < 0:
+            raise RenderError(f"FluidSynth refuses preset {track.bank}:{track.program}")
 
     def _play(self, kind: int, ch: int, a: int, b: int) -> None:
         s = self.synth.synth
@@ -147,42 +182,59 @@ class Renderer:
         digest = hashlib.sha1(song_id.encode()).digest()
         return int.from_bytes(digest[:4], "little") % len(self.soundfonts)
 
-    def _tracks(self, midi) -> list[list]:
-        """Per class, the grid events of its instruments (``events.InstrumentEvents``); built
-        once per song and kept while the same song is rendered."""
-        if self._song is not midi:
-            sr = self.audio.sample_rate
-            self._song_tracks = [[instrument_events(inst, sr) for inst in insts]
-                                 for insts in class_instruments(self.classes, midi.instruments)]
-            self._song = midi
-        return self._song_tracks
+    def _stems(self, midi, soundfont: int) -> list[list[_Track]]:
+        """Per class, its instruments as ``_Track``s; built once per song and soundfont and kept
+        while the same song is rendered."""
+        if self._song is None or self._song[0] is not midi or self._song[1] != soundfont:
+            sr, tails = self.audio.sample_rate, self._tails[soundfont]
+            self._song_stems = []
+            for insts in class_instruments(self.classes, midi.instruments):
+                tracks = []
+                for inst in insts:
+                    events, (bank, program) = instrument_events(inst, sr), self._preset(inst, soundfont)
+                    tail = tails.tail(bank, program)
+                    tracks.append(_Track(events, bank, program, note_ends(events, tail.hold_limit, tail.release, sr)))
+                self._song_stems.append(tracks)
+            self._song = (midi, soundfont)
+        return self._song_stems
 
-    def render(self, midi, start: int, length: int, soundfont: int = 0) -> np.ndarray:
+    def render_start(self, tracks: list[_Track], start: int) -> tuple[int, bool]:
+        """Where a stem's render of an excerpt at ``start`` begins (a multiple of BLOCK), and
+        whether ``preroll_cap`` cut it short of the earliest note still sounding at ``start``."""
+        sr = self.audio.sample_rate
+        least = int(round(self.cfg.preroll * sr))
+        most = max(least, int(round(self.cfg.preroll_cap * sr)))
+        want = max(0, min([start - least] + [earliest_sounding(t.events, t.ends, start) for t in tracks]))
+        r0 = max(want, start - most) // BLOCK * BLOCK
+        return r0, r0 > want
+
+    def render(self, midi, start: int, length: int, soundfont: int = 0, counters: Counter | None = None) -> np.ndarray:
         """Stems of samples [start, start + length) of a song -> ``(stems, length)`` float32.
 
-        ``start`` may be any sample index (>= 0); rendering begins ``preroll`` seconds earlier
-        on the block grid so that notes held across ``start`` sound right.
+        ``start`` may be any sample index (>= 0); each stem's render begins at ``render_start``.
+        ``counters["preroll_capped"]`` counts excerpts where the cap cut a stem's pre-roll (the
+        notes whose key is still down at the cut then strike again there).
         """
         if start < 0 or length <= 0:
             raise ValueError(f"bad excerpt start={start} length={length}")
-        preroll = int(round(self.cfg.preroll * self.audio.sample_rate))
-        r0 = max(0, (start - preroll) // BLOCK * BLOCK)
         r1 = -(-(start + length) // BLOCK) * BLOCK
         sfid = self._sfids[soundfont]
         out = np.zeros((len(self.classes), length), np.float32)
-        buf = np.empty((2, r1 - r0), np.float32)
-        tracks = self._tracks(midi)
-        for i, insts in enumerate(class_instruments(self.classes, midi.instruments)):
-            if not insts:
+        capped = False
+        for i, tracks in enumerate(self._stems(midi, soundfont)):
+            if not tracks:
                 continue
-            if len(insts) > self.channels:
-                raise RenderError(f"class {self.classes[i].name}: {len(insts)} instruments > {self.channels} channels")
+            if len(tracks) > self.channels:
+                raise RenderError(f"class {self.classes[i].name}: {len(tracks)} instruments > {self.channels} channels")
+            r0, cut = self.render_start(tracks, start)
+            capped |= cut
             try:
-                events = stem_events(tracks[i], r0, r1)
+                events = stem_events([t.events for t in tracks], r0, r1, restart=cut)
             except EventError as exc:
                 raise RenderError(str(exc)) from None
-            for ch, inst in enumerate(insts):
-                self._setup_channel(ch, inst, sfid)
+            for ch, track in enumerate(tracks):
+                self._setup_channel(ch, track, sfid)
+            buf = np.empty((2, r1 - r0), np.float32)
             cursor = r0
             for sample, kind, ch, a, b in events.tolist():
                 self._write(buf, cursor - r0, sample - r0)
@@ -193,4 +245,6 @@ class Renderer:
             np.add(buf[0, a:a + length], buf[1, a:a + length], out=out[i])
             out[i] *= 0.5
             self._silence()
+        if capped and counters is not None:
+            counters["preroll_capped"] += 1
         return out

@@ -24,7 +24,7 @@ def snapshot(tmp_path):
     broker = Broker(BrokerConfig(port=0, pool_size=10, reuse=2), source, [song], tmp_path)
     try:
         broker.totals.update({"rendered": 30, "kept": 12, "received": 10, "rejected_silence": 18,
-                              "song_failed_parse": 1})
+                              "song_failed_parse": 1, "excerpts": 5, "preroll_capped": 1})
         broker.errors.update({"protocol": 2, "unknown_peer": 1})
         yield broker.snapshot()
     finally:
@@ -44,6 +44,7 @@ def test_rate_meter_measures_over_its_window():
 def test_snapshot_groups_counters(snapshot):
     assert snapshot["rejections"] == {"silence": 18}
     assert snapshot["song_errors"] == {"parse": 1, "too_short": 0}
+    assert snapshot["excerpts"] == {"rendered": 5, "preroll_capped": 1}
     assert snapshot["malformed"] == 2 and snapshot["errors"] == {"protocol": 2, "unknown_peer": 1}
     assert snapshot["pool"]["budget_bytes"] == 10 * 4 * 96 * 2
     assert snapshot["reuse"] == {"value": 2, "auto": False, "max": 8}
@@ -52,7 +53,8 @@ def test_snapshot_groups_counters(snapshot):
 def test_text_view_names_every_section(snapshot):
     text = format_stats(snapshot)
     for part in ("chunks/s", "pool      0/10 chunks", "R=2 (fixed, max 8)", "workers   0 alive",
-                 "rejected  silence 18", "song err  parse 1", "banned    0 songs", "clients   0", "malformed 2"):
+                 "excerpts  5 rendered, 1 with the pre-roll capped", "rejected  silence 18", "song err  parse 1",
+                 "banned    0 songs", "clients   0", "malformed 2"):
         assert part in text
     banned = {**snapshot, "banned_songs": {"count": 1, "songs": [
         {"song_id": "0" * 16, "path": "a.mid", "reason": "killed 3 workers"}]}}

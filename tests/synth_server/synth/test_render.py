@@ -4,7 +4,7 @@ import pretty_midi
 import pytest
 
 from synth_server.config import DEFAULT_CLASSES, AudioConfig, InstrumentClass, RenderConfig
-from synth_server.synth.events import BLOCK, BEND, CONTROL, NOTE_OFF, NOTE_ON, instrument_events, stem_events, to_grid
+from synth_server.synth.events import BLOCK, to_grid
 from synth_server.synth.render import Renderer
 from synth_server.synth.soundfont import resolve_soundfonts
 
@@ -99,23 +99,6 @@ def test_distractor_never_reaches_the_stems(renderer):
     np.testing.assert_array_equal(a, b)
     only_guitar = renderer.render(song([(25, False, 64, 0.1, 1.5)]), 0, 2 * SR)
     assert not only_guitar.any()
-
-
-def test_controllers_before_excerpt_are_replayed():
-    inst = pretty_midi.Instrument(0)
-    inst.control_changes.append(pretty_midi.ControlChange(7, 20, 0.1))   # volume down early
-    inst.control_changes.append(pretty_midi.ControlChange(7, 90, 0.05))  # (out of order: sorted)
-    inst.pitch_bends.append(pretty_midi.PitchBend(4000, 0.2))
-    inst.notes.append(pretty_midi.Note(100, 60, 2.5, 2.9))
-    inst.notes.append(pretty_midi.Note(100, 62, 1.5, 2.2))                # held across the start
-    inst.notes.append(pretty_midi.Note(100, 64, 0.5, 1.0))                # over before it
-    start, end = int(to_grid(2.0, SR)), int(to_grid(3.0, SR))
-    events = stem_events([instrument_events(inst, SR)], start, end).tolist()
-    at_start = [(k, a, b) for t, k, ch, a, b in events if t == start]
-    assert at_start == [(CONTROL, 7, 20), (BEND, 0, 4000 + 8192), (NOTE_ON, 62, 100)]
-    assert all(t % BLOCK == 0 for t, *_ in events)
-    assert [(k, a) for t, k, ch, a, b in events if t > start] == [
-        (NOTE_OFF, 62), (NOTE_ON, 60), (NOTE_OFF, 60)]
 
 
 def test_reverb_setting_is_verified_and_applied():
