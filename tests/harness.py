@@ -195,15 +195,16 @@ def alive(pid: int) -> bool:
 class ServeProcess:
     """`synth-server serve ARGS --port 0` in its own process group, logging to ``log_path``.
 
-    Waits (up to ``timeout`` s) for the ``--ready-file`` it passes, so ``address`` is set once the
-    broker is bound and the local workers are started; fails the test if `serve` exits first.
+    Waits (up to ``timeout`` s) for the ``--ready-file`` it passes (``ready_file``), so ``address``
+    is set once the broker is bound and the local workers are started; fails the test if `serve`
+    exits first.
     """
 
     def __init__(self, args: list, log_path: Path, timeout: float = 60) -> None:
         import pytest
 
         self.log_path = Path(log_path)
-        ready = self.log_path.with_suffix(".ready")
+        self.ready_file = ready = self.log_path.with_suffix(".ready")
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen([*SYNTH_SERVER, "serve", *map(str, args), "--port", "0", "--ready-file", ready],
                                      cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)

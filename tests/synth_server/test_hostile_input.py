@@ -119,6 +119,7 @@ def test_every_hostile_file_loads_or_gives_a_reason_fast(hostile, tmp_path):
     assert slowest < 15.0          # a million events are rejected from the raw bytes, not parsed
 
 
+@pytest.mark.slow
 def test_analyze_and_dump_skip_hostile_files(hostile, tmp_path, capsys, busy_midi):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -196,6 +197,7 @@ def test_worker_skips_hostile_songs_once_and_reports_them(hostile, fake_broker, 
         log.close()
 
 
+@pytest.mark.slow
 def test_raw_event_scan_counts_like_mido(real_midi_dir, nasty_midi_dir):
     """The byte-level pre-scan sees the same events, notes and ticks per track as mido."""
 

@@ -78,6 +78,7 @@ def test_serve_streams_batches_and_obeys_ctl_and_sigterm(server):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
     assert not [pid for pid in worker_pids if alive(pid)]
+    assert not server.ready_file.exists()                          # removed at shutdown
     out = server.output()
     assert "pool budget" in out and "broker stopped" in out
     assert cli("stats", "--connect", address, "--timeout", "0.5").returncode == 3
@@ -101,6 +102,8 @@ def test_serve_refuses_bad_flags_with_exit_code_2(tmp_path):
     assert r.returncode == 2 and "reuse must be in 1..8" in r.stderr
     r = cli("serve", "--corpus", str(tmp_path), "--workers", "many")
     assert r.returncode == 2 and "expected an integer or 'auto'" in r.stderr
+    r = cli("serve", "--corpus", tmp_path, "--ready-file", tmp_path / "missing" / "ready")
+    assert r.returncode == 2 and "--ready-file: folder" in r.stderr
     r = cli("stats", "--connect", "localhost:5555")
     assert r.returncode == 2 and "tcp://HOST:PORT" in r.stderr
     r = cli("serve", "--corpus", str(tmp_path), "--target", "0", "--port", "0")
