@@ -31,6 +31,7 @@ import pretty_midi
 import zmq
 
 from synth_server.config import AudioConfig, ChunkSourceConfig, CorpusConfig
+from synth_server.dealer import open_dealer
 from synth_server.protocol import BatchSpec, decode, encode, to_wire
 from synth_server.serve.broker import Broker
 from synth_server.serve.config import BrokerConfig
@@ -118,11 +119,7 @@ class Peer:
     """
 
     def __init__(self, ctx: zmq.Context, address: str, curve: tuple | None = None) -> None:
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        if curve is not None:
-            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
-        self.sock.connect(address)
+        self.sock = open_dealer(ctx, address, curve)
 
     def send(self, header: dict, payload=None) -> None:
         self.sock.send_multipart(encode(header, payload))
