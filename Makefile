@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libfluidsynth3 fluid-soundfont-gm
 
-.PHONY: test test-all system-deps venv bench clean
+.PHONY: test test-fast system-deps venv bench clean
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -24,11 +24,12 @@ $(VENV)/.installed: pyproject.toml
 
 venv: system-deps $(VENV)/.installed
 
+# every test (what CI runs); test-fast skips the end-to-end, fault and multi-process ones (`slow`)
 test: venv
 	$(PY) -m pytest -q
 
-test-all: venv
-	$(PY) -m pytest -q -m ""
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
 
 bench: venv
 	@command -v fluidsynth >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq fluidsynth >/dev/null; }

@@ -74,16 +74,15 @@ def rss_mib(pids: list[int]) -> float:
 
 def start_serve(corpus: Path, log_path: Path, pool_size: int, seed: int) -> tuple[subprocess.Popen, str, object]:
     log = open(log_path, "w+")
+    ready = log_path.with_suffix(".ready")
     proc = subprocess.Popen([sys.executable, "-m", "synth_server", "serve", "--corpus", str(corpus),
                              "--workers", "2", "--pool-size", str(pool_size), "--port", "0", "--bind", "127.0.0.1",
-                             "--seed", str(seed), "--jobs", "1"],
+                             "--seed", str(seed), "--jobs", "1", "--ready-file", str(ready)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
-        log.seek(0)
-        m = re.search(r"broker on (tcp://[^\s:]+:\d+)", log.read())
-        if m:
-            return proc, m.group(1), log
+        if ready.exists():                              # written atomically once bound, workers started
+            return proc, ready.read_text().strip(), log
         time.sleep(0.2)
     stop_serve(proc)
     raise RuntimeError(f"serve did not start; see {log_path}")

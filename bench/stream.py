@@ -17,7 +17,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -45,20 +44,20 @@ def rss_mib(pid: int) -> float:
 
 
 class Server:
-    """`serve` in a subprocess; ``address`` parsed from its log."""
+    """`serve` in a subprocess; ``address`` read from its --ready-file."""
 
     def __init__(self, corpus: Path, workers: int, pool_size: int, log: Path, *extra: str) -> None:
         self.log = open(log, "w+")
+        ready = log.with_suffix(".ready")
         self.proc = subprocess.Popen([*PY, "serve", "--corpus", str(corpus), "--workers", str(workers),
-                                      "--pool-size", str(pool_size), "--port", "0", *extra],
+                                      "--pool-size", str(pool_size), "--port", "0", "--ready-file", str(ready),
+                                      *extra],
                                      cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.address = None
         deadline = time.monotonic() + 120
         while self.address is None and time.monotonic() < deadline and self.proc.poll() is None:
             time.sleep(0.2)
-            self.log.seek(0)
-            m = re.search(r"broker on (tcp://[^\s:]+:\d+)", self.log.read())
-            self.address = m.group(1) if m else None
+            self.address = ready.read_text().strip() if ready.exists() else None
         if self.address is None:
             self.close()
             raise RuntimeError(f"serve did not start; see {log}")

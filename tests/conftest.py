@@ -1,9 +1,35 @@
-"""Shared fixtures: the real and nasty MIDI folders beside the checkout (skip when absent)."""
+"""The shared test harness. Fixtures (names are stable; other branches use them):
+
+- ``real_midi_dir`` / ``nasty_midi_dir``: the real and broken MIDI folders in ``shared/midi/`` of
+  the checkout or of a folder above it (/work/shared/midi for /work/main and for worktrees in
+  /work/wt/); the test is skipped when absent.
+- ``busy_midi(seconds, shift) -> PrettyMIDI``: four classes playing all the way through.
+- ``zmq_ctx``: a ZeroMQ context, destroyed at teardown.
+- ``peer(address, curve=None) -> harness.Peer``: a raw DEALER socket (fake worker, client, ctl).
+- ``broker(songs=3, audio=SMALL_AUDIO, prefill=0, **BrokerConfig fields) -> harness.BrokerThread``:
+  a real broker on a thread in ``tmp_path``; ``.address``, ``.broker``, ``.songs``, ``.thread``.
+- ``serve(*flags) -> harness.ServeProcess``: a real `synth-server serve` subprocess on a free port;
+  ``.address`` (from ``--ready-file``), ``.proc``, ``.output()``, ``.stop()``; its whole process group
+  is killed at teardown.
+
+Plain helpers and constants (``ROOT``, ``SMALL_AUDIO``, ``SMALL_SPEC``, ``wait_for``,
+``synth_server_cli``, ``group_pids``, ...) are in tests/harness.py: ``from harness import ...``.
+Subfolder conftests: tests/synth_server (``fake_broker``: a bare ROUTER socket) and tests/trainer
+(autouse: torch on one thread).
+
+Long end-to-end, fault and multi-process tests are marked ``@pytest.mark.slow``:
+``pytest -m "not slow"`` (``make test-fast``) skips them; ``make test`` runs everything.
+"""
 from pathlib import Path
 
 import pytest
+import zmq
 
-SHARED_MIDI = Path(__file__).resolve().parents[1].parent / "shared" / "midi"
+import harness
+from harness import BrokerThread, Peer, ServeProcess
+
+SHARED_MIDI = next((folder / "shared" / "midi" for folder in (harness.ROOT, *harness.ROOT.parents)
+                    if (folder / "shared" / "midi").is_dir()), harness.ROOT.parent / "shared" / "midi")
 
 
 @pytest.fixture(scope="session")
@@ -44,53 +70,36 @@ def busy_midi():
     return make_busy_midi
 
 
-class ServeProcess:
-    """A `synth-server serve` subprocess in its own process group, its log and its address."""
-
-    def __init__(self, args: list, log_path):
-        import re
-        import subprocess
-        import sys
-        import time
-
-        self.log = open(log_path, "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "synth_server", "serve", *map(str, args), "--port", "0"],
-                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.address = None
-        deadline = time.monotonic() + 30
-        while self.address is None and time.monotonic() < deadline and self.proc.poll() is None:
-            time.sleep(0.2)
-            self.log.seek(0)
-            found = re.search(r"broker on (tcp://[^\s:]+:\d+)", self.log.read())
-            self.address = found.group(1) if found else None
-        if self.address is None:
-            self.stop(signal_name="SIGKILL")
-            self.log.seek(0)
-            pytest.fail("serve did not start:\n" + self.log.read())
-
-    def stop(self, signal_name: str = "SIGTERM", timeout: float = 15) -> int:
-        """Signal the process group; SIGKILL it after ``timeout``; returns the exit code."""
-        import os
-        import signal
-        import subprocess
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, getattr(signal, signal_name))
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            code = self.proc.wait(5)
-        self.log.close()
-        return code
+@pytest.fixture
+def zmq_ctx():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
 
 
-ROOT = Path(__file__).resolve().parents[1]
+@pytest.fixture
+def peer(zmq_ctx):
+    """Factory fixture: ``peer(address, curve=None) -> Peer``; sockets close with ``zmq_ctx``."""
+    return lambda address, curve=None: Peer(zmq_ctx, address, curve)
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """Factory fixture: ``broker(**kw) -> BrokerThread`` in ``tmp_path``; closed at teardown."""
+    made = []
+
+    def start(**kw):
+        made.append(BrokerThread(tmp_path, **kw))
+        return made[-1]
+
+    yield start
+    for running in made:
+        running.close()
 
 
 @pytest.fixture
 def serve(tmp_path):
-    """Factory fixture: ``serve(*flags) -> ServeProcess`` on a free port; stopped at teardown."""
+    """Factory fixture: ``serve(*flags) -> ServeProcess`` on a free port; killed at teardown."""
     started = []
 
     def start(*args):
@@ -99,5 +108,4 @@ def serve(tmp_path):
 
     yield start
     for process in started:
-        if not process.log.closed:
-            process.stop(signal_name="SIGKILL", timeout=5)
+        process.kill()

@@ -59,8 +59,10 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         raise UsageError(f"{exc}") from None
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise UsageError(f"--metrics-port must be in 0..65535, got {args.metrics_port}")
+    if args.ready_file is not None and not args.ready_file.parent.is_dir():
+        raise UsageError(f"--ready-file: folder {args.ready_file.parent} does not exist")
     return ServeConfig(source=source, broker=broker, metrics_port=args.metrics_port,
-                       demo_songs=args.demo_songs)
+                       demo_songs=args.demo_songs, ready_file=args.ready_file)
 
 
 def _ensure_corpus(root: Path, songs: int, seed: int) -> None:
@@ -124,14 +126,31 @@ def run_serve(cfg: ServeConfig, stop: threading.Event | None = None) -> int:
     _log_start(cfg, broker, len(songs), metrics)
     try:
         supervisor.scale_to(cfg.broker.workers)
+        if cfg.ready_file is not None and not _write_ready(cfg.ready_file, broker.connect_address()):
+            return EXIT_CONFIG
         broker.run(stop)
     finally:
+        if cfg.ready_file is not None:
+            cfg.ready_file.unlink(missing_ok=True)
         broker.close()
         supervisor.shutdown()
         if metrics is not None:
             metrics.close()
     log.info("broker stopped")
     return 0
+
+
+def _write_ready(path: Path, address: str) -> bool:
+    """Write ``address`` and a newline to ``path`` atomically (a reader never sees half of it)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        partial.write_text(address + "\n")
+        os.replace(partial, path)
+    except OSError as exc:
+        log.error("cannot write --ready-file %s: %s", path, exc)
+        partial.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _log_start(cfg: ServeConfig, broker, n_songs: int, metrics) -> None:
@@ -279,6 +298,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--curve-keys", type=Path, metavar="DIR", help="CURVE encryption with keys from `keygen`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--demo-songs", type=int, default=24, help="demo songs written into an empty corpus")
+    p.add_argument("--ready-file", type=Path, metavar="PATH",
+                   help="once the broker is bound and the local workers are started, write its connect "
+                        "address to PATH (atomically); removed at shutdown")
     cli_args.add_source_args(p)
     p.set_defaults(run=cmd_serve)
 

@@ -82,6 +82,7 @@ class ServeConfig:
     metrics_port: int | None = None
     demo_songs: int = 24             # written when the corpus folder holds no MIDI
     grace_s: float = 5.0             # SIGTERM -> SIGKILL delay for local workers
+    ready_file: Path | None = None   # gets the connect address once bound and workers started
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import zmq
 
+from harness import wait_for
 from synth_server.client import StreamClient
 from synth_server.protocol import BatchSpec, decode, encode, encode_batch
 
@@ -93,7 +94,8 @@ class FakeBroker:
 
 
 @pytest.fixture
-def broker():
+def fake_stream():
+    """Factory fixture: ``fake_stream(**FakeBroker kwargs) -> FakeBroker``; stopped at teardown."""
     made = []
 
     def make(**kwargs):
@@ -113,8 +115,8 @@ def take(client, n, deadline=10.0):
     return out
 
 
-def test_batches_have_right_shape_and_mixture(broker):
-    fake = broker(serve_after=0.3)
+def test_batches_have_right_shape_and_mixture(fake_stream):
+    fake = fake_stream(serve_after=0.3)
     with StreamClient(fake.address, batch_size=5, prefetch=2, timeout=5.0) as client:
         batches = take(client, 6)
         assert client.spec == SPEC and fake.hellos == [client.client_id]
@@ -131,38 +133,40 @@ def test_batches_have_right_shape_and_mixture(broker):
         next(client)
 
 
-def test_client_never_exceeds_credit(broker):
-    fake = broker()
+def test_client_never_exceeds_credit(fake_stream):
+    fake = fake_stream()
     with StreamClient(fake.address, batch_size=2, prefetch=3, timeout=5.0) as client:
         for _ in range(5):
             take(client, 1)
             time.sleep(0.05)
-        time.sleep(0.3)                                    # consumer idle: prefetch stays full
+        assert wait_for(lambda: len(fake.sent) >= 5 + 3, timeout=10)          # prefetch refilled ...
+        assert not wait_for(lambda: len(fake.sent) > 5 + 3, timeout=0.3)      # ... and no more: consumer idle
         assert len(fake.sent) == 5 + 3
         assert fake.max_outstanding <= 3 and not fake.errors
         take(client, 3)
-        time.sleep(0.3)
+        assert wait_for(lambda: len(fake.sent) >= 8 + 3, timeout=10)
+        assert not wait_for(lambda: len(fake.sent) > 8 + 3, timeout=0.3)
         assert len(fake.sent) == 8 + 3
 
 
 @pytest.mark.parametrize("bad_kind", ["shape", "truncated", "stems", "garbage"])
-def test_malformed_batch_is_skipped_and_counted(broker, bad_kind):
-    fake = broker(bad={1}, bad_kind=bad_kind)
+def test_malformed_batch_is_skipped_and_counted(fake_stream, bad_kind):
+    fake = fake_stream(bad={1}, bad_kind=bad_kind)
     with StreamClient(fake.address, batch_size=3, prefetch=2, timeout=5.0) as client:
         offsets = [b.chunks[0]["offset"] for b in take(client, 4)]
         assert offsets == [0, 2, 3, 4]
         assert client.malformed == 1 and client.batches == 4
 
 
-def test_reconnects_after_broker_restart(broker):
-    first = broker()
+def test_reconnects_after_broker_restart(fake_stream):
+    first = fake_stream()
     client = StreamClient(first.address, batch_size=2, prefetch=2, timeout=0.3,
                           backoff_base=0.05, backoff_cap=0.2)
     try:
         take(client, 3)
         first.stop()
         time.sleep(0.2)
-        second = broker(port=first.port)
+        second = fake_stream(port=first.port)
         batches = take(client, 4)
         assert client.reconnects >= 1
         assert second.hellos and set(second.hellos) == {client.client_id}
@@ -172,10 +176,10 @@ def test_reconnects_after_broker_restart(broker):
         client.close()
 
 
-def test_curve_encryption(broker):
+def test_curve_encryption(fake_stream):
     server_public, server_secret = zmq.curve_keypair()
     client_public, client_secret = zmq.curve_keypair()
-    fake = broker(curve_secret=server_secret)
+    fake = fake_stream(curve_secret=server_secret)
     with StreamClient(fake.address, batch_size=2, prefetch=1, timeout=5.0,
                       curve=(client_public, client_secret, server_public)) as client:
         batch = take(client, 2)[1]

@@ -17,13 +17,13 @@ import numpy as np
 import pretty_midi
 import pytest
 
+from harness import ROOT
 from synth_server.cli.main import main
 from synth_server.config import AudioConfig, ChunkSourceConfig, CorpusConfig, RenderConfig
 from synth_server.synth.midi_io import MidiError, check_chunks, load_midi, load_midi_bytes, track_stats
 from synth_server.protocol import decode, decode_batch, encode
 from synth_server.serve.config import source_to_json
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_BYTES = 16 << 20
 
 
@@ -119,6 +119,7 @@ def test_every_hostile_file_loads_or_gives_a_reason_fast(hostile, tmp_path):
     assert slowest < 15.0          # a million events are rejected from the raw bytes, not parsed
 
 
+@pytest.mark.slow
 def test_analyze_and_dump_skip_hostile_files(hostile, tmp_path, capsys, busy_midi):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -145,6 +146,7 @@ def test_analyze_and_dump_skip_hostile_files(hostile, tmp_path, capsys, busy_mid
     assert len([p for p in out.iterdir() if p.is_dir()]) == 6
 
 
+@pytest.mark.slow
 def test_worker_skips_hostile_songs_once_and_reports_them(hostile, fake_broker, tmp_path, busy_midi):
     sock, address = fake_broker
     songs = dict(hostile, **{"good": midi_bytes(busy_midi(), tmp_path)})
@@ -195,6 +197,7 @@ def test_worker_skips_hostile_songs_once_and_reports_them(hostile, fake_broker, 
         log.close()
 
 
+@pytest.mark.slow
 def test_raw_event_scan_counts_like_mido(real_midi_dir, nasty_midi_dir):
     """The byte-level pre-scan sees the same events, notes and ticks per track as mido."""
 

@@ -4,7 +4,9 @@ import torch
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Small convolutions on a loaded 2-core box are ~10x slower with two torch threads."""
+    """Autouse for every trainer test: torch on one thread. Small convs gain nothing from 2 threads,
+    and OpenMP spinning makes them ~10x slower when other processes share the 2 cores; the caller's
+    setting is restored afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -4,7 +4,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from harness import ROOT, synth_server_cli, wait_for
 from trainer.checkpoint import load_checkpoint, load_separator
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -69,9 +69,7 @@ def test_train_resume_and_ctrl_c(server, tmp_path):
 
     proc = subprocess.Popen(train_args(server, run_dir, 100_000, "--resume"), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while max(r["step"] for r in rows(run_dir)) < 12 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    wait_for(lambda: max(r["step"] for r in rows(run_dir)) >= 12 or proc.poll() is not None, timeout=90, every=0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -92,8 +90,7 @@ def test_two_process_ddp_on_cpu(server, tmp_path):
     assert load_checkpoint(run_dir / "last.pt").step == 4
     got = rows(run_dir)
     assert [r["step"] for r in got] == [2, 4] and got[0]["chunks_per_s"] == pytest.approx(8 * got[0]["steps_per_s"])
-    stats = subprocess.run([sys.executable, "-m", "synth_server", "stats", "--connect", server, "--json"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=30)
+    stats = synth_server_cli("stats", "--connect", server, "--json", timeout=30)
     clients = {c["id"]: c["chunks"] for c in json.loads(stats.stdout)["clients"]}
     assert clients.get("rank0", 0) >= 16 and clients.get("rank1", 0) >= 16
 

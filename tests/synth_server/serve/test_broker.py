@@ -1,184 +1,85 @@
 """Broker logic with fake workers and clients in-process (no FluidSynth): credit and
 back-pressure, serving, ctl/stats, song data, malformed input, heartbeat timeout, CURVE."""
-import threading
-import time
-from pathlib import Path
-
 import numpy as np
-import pretty_midi
-import pytest
 import zmq
 
-from synth_server.serve.broker import Broker
-from synth_server.config import ChunkSourceConfig, CorpusConfig, AudioConfig
-from synth_server.synth.corpus import SongInfo
-from synth_server.protocol import BatchSpec, decode, decode_batch, encode, encode_batch
-from synth_server.serve.config import BrokerConfig, load_client_curve, source_from_json
-
-AUDIO = AudioConfig(target=64, context=16)       # window 96
-SPEC = BatchSpec(44100, 64, 16, ("drums", "piano", "strings", "bass"), "float16")
-
-
-def song_file(root: Path, name: str) -> SongInfo:
-    pm = pretty_midi.PrettyMIDI()
-    inst = pretty_midi.Instrument(0)
-    inst.notes = [pretty_midi.Note(90, 60 + i, i * 0.5, i * 0.5 + 0.4) for i in range(8)]
-    pm.instruments.append(inst)
-    pm.write(str(root / name))
-    return SongInfo(path=name, size=(root / name).stat().st_size, mtime=0.0, song_id=name[:16].ljust(16, "0"),
-                    duration=4.0, class_notes={}, instruments=(), split="train")
-
-
-class Peer:
-    """A fake worker / client / ctl: one DEALER socket."""
-
-    def __init__(self, ctx, address, curve=None):
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        if curve is not None:
-            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
-        self.sock.connect(address)
-
-    def send(self, header, payload=None):
-        self.sock.send_multipart(encode(header, payload))
-
-    def recv(self, timeout=2.0):
-        if not self.sock.poll(int(timeout * 1000)):
-            return None
-        frames = self.sock.recv_multipart()
-        return decode(frames)
-
-    def recv_type(self, kind, timeout=2.0):
-        """Next message of ``kind`` (others are skipped); None on timeout."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = self.recv(deadline - time.monotonic())
-            if msg is not None and msg[0]["type"] == kind:
-                return msg
-        return None
-
-    def credit(self, settle=0.3):
-        """Sum of every credit grant that arrives within ``settle`` seconds."""
-        total = 0
-        while (msg := self.recv_type("credit", settle)) is not None:
-            total += msg[0]["n"]
-        return total
-
-    def ctl(self, **header):
-        self.send({"type": "ctl", **header})
-        return self.recv()[0]
-
-    def stats(self):
-        self.send({"type": "ctl", "cmd": "stats"})
-        return self.recv_type("stats")[0]["stats"]
-
-
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
-def start_broker(tmp_path, **kw):
-    songs = [song_file(tmp_path, f"song{i}.mid") for i in range(3)]
-    source = ChunkSourceConfig(corpus=CorpusConfig(root=tmp_path), audio=AUDIO)
-    cfg = BrokerConfig(port=0, **{"pool_size": 64, "credit_block": 32, **kw})
-    broker = Broker(cfg, source, songs, tmp_path)
-    stop = threading.Event()
-    thread = threading.Thread(target=broker.run, args=(stop,), daemon=True)
-    thread.start()
-    return broker, songs, stop, thread
-
-
-@pytest.fixture
-def broker(tmp_path):
-    made = []
-
-    def make(**kw):
-        made.append(start_broker(tmp_path, **kw))
-        return made[-1][0], made[-1][1]
-
-    yield make
-    for b, _songs, stop, thread in made:
-        stop.set()
-        thread.join(5)
-        b.close()
+from harness import SMALL_AUDIO, SMALL_SPEC, wait_for
+from synth_server.protocol import BatchSpec, decode_batch, encode_batch
+from synth_server.serve.config import load_client_curve, source_from_json
 
 
 def chunk_batch(n, start=0, counted=True):
     """A "chunks" message of n chunks tagged start, start+1, ... in sample 0; cumulative
     counters as if these were the sender's first n kept of 2n rendered chunks."""
-    stems = np.full((n, 4, AUDIO.window), 0.25, np.float16)
+    stems = np.full((n, 4, SMALL_AUDIO.window), 0.25, np.float16)
     stems[:, :, 0] = np.arange(start, start + n)[:, None]
     meta = [{"song": "s", "offset": start + i, "uses": 0} for i in range(n)]
     counters = {"rendered": 2 * n, "kept": n, "rejected_silence": n} if counted else {}
-    return encode_batch("chunks", SPEC, stems, meta, counters=counters)
+    return encode_batch("chunks", SMALL_SPEC, stems, meta, counters=counters)
 
 
-def hello(peer, role, peer_id):
-    peer.send({"type": "hello", "role": role, "id": peer_id, "pid": 1, "host": "test"})
-    return peer.recv_type("welcome")
-
-
-def test_worker_welcome_carries_source_seed_and_songs(ctx, broker):
-    b, songs = broker()
-    w = Peer(ctx, b.address)
-    header, _ = hello(w, "worker", "w1")
-    assert source_from_json(header["source"]).audio == AUDIO
-    assert sorted(s[0] for s in header["songs"]) == sorted(s.song_id for s in songs)
+def test_worker_welcome_carries_source_seed_and_songs(peer, broker):
+    b = broker()
+    w = peer(b.address)
+    header = w.hello("worker", "w1")
+    assert source_from_json(header["source"]).audio == SMALL_AUDIO
+    assert sorted(s[0] for s in header["songs"]) == sorted(s.song_id for s in b.songs)
     assert header["dtype"] == "float16" and isinstance(header["seed"], int)
-    header2, _ = hello(Peer(ctx, b.address), "worker", "w2")
+    header2 = peer(b.address).hello("worker", "w2")
     assert header2["seed"] != header["seed"]
 
 
-def test_credit_never_exceeds_free_slots_and_resumes_after_serving(ctx, broker):
-    b, _ = broker(pool_size=64, credit_block=48)
-    w1, w2 = Peer(ctx, b.address), Peer(ctx, b.address)
-    hello(w1, "worker", "w1")
-    hello(w2, "worker", "w2")
+def test_credit_never_exceeds_free_slots_and_resumes_after_serving(peer, broker):
+    b = broker(pool_size=64, credit_block=48)
+    w1, w2 = peer(b.address), peer(b.address)
+    w1.hello("worker", "w1")
+    w2.hello("worker", "w2")
     c1, c2 = w1.credit(), w2.credit()
     assert c1 + c2 == 64 and max(c1, c2) <= 48          # pool free slots split, block respected
-    for peer, n, start in ((w1, c1, 0), (w2, c2, 1000)):
-        peer.sock.send_multipart(chunk_batch(n, start=start))
+    for sender, n, start in ((w1, c1, 0), (w2, c2, 1000)):
+        sender.sock.send_multipart(chunk_batch(n, start=start))
     assert w1.credit() + w2.credit() == 0                # pool full: back-pressure
     w1.sock.send_multipart(chunk_batch(5, start=5000, counted=False))  # over credit: refused, counted
-    time.sleep(0.3)
-    stats = Peer(ctx, b.address).stats()
-    assert stats["pool"]["size"] == 64 and stats["errors"]["over_credit"] == 5
+    ctl = peer(b.address)
+    stats = wait_for(lambda: (s := ctl.stats())["errors"].get("over_credit") and s["totals"]["received"] >= 64 and s)
+    assert stats and stats["pool"]["size"] == 64 and stats["errors"]["over_credit"] == 5
     assert stats["totals"]["received"] == 64 and stats["rejections"] == {"silence": 64}
     assert stats["totals"]["kept"] == 64 and stats["totals"]["rendered"] == 128
 
-    client = Peer(ctx, b.address)
-    welcome, _ = hello(client, "client", "c1")
-    assert BatchSpec.from_header(welcome) == SPEC
+    client = peer(b.address)
+    welcome = client.hello("client", "c1")
+    assert BatchSpec.from_header(welcome) == SMALL_SPEC
     client.send({"type": "request", "credit": 2, "batch_size": 16})
     tags = []
     for _ in range(2):
         header, payload = client.recv_type("batch")
-        _, stems, meta = decode_batch(header, payload, SPEC)
-        assert stems.shape == (16, 4, AUDIO.window) and all(m["uses"] == 1 for m in meta)
+        _, stems, meta = decode_batch(header, payload, SMALL_SPEC)
+        assert stems.shape == (16, 4, SMALL_AUDIO.window) and all(m["uses"] == 1 for m in meta)
         tags += stems[:, 0, 0].astype(int).tolist()
     assert client.recv_type("batch", 0.3) is None        # never more than the credit
     assert len(set(tags)) == 32
     assert w1.credit() + w2.credit() == 32               # R=1: 32 slots freed -> 32 new credit
 
 
-def test_reuse_serves_each_chunk_r_times_to_one_client_only(ctx, broker):
-    b, _ = broker(pool_size=32, reuse=3)
-    c1, c2 = Peer(ctx, b.address), Peer(ctx, b.address)
+def test_reuse_serves_each_chunk_r_times_to_one_client_only(peer, broker):
+    b = broker(pool_size=32, reuse=3)
+    c1, c2 = peer(b.address), peer(b.address)
     for name, client in (("c1", c1), ("c2", c2)):
-        hello(client, "client", name)
+        client.hello("client", name)
         client.send({"type": "request", "credit": 16, "batch_size": 8, "wait_share": 0.25})
-    time.sleep(0.2)
-    assert all(c["starved_share"] >= 0 and c["credit"] == 16 for c in c1.stats()["clients"])
-    w = Peer(ctx, b.address)
-    hello(w, "worker", "w")
+
+    def registered():
+        clients = c1.stats()["clients"]
+        return clients if len(clients) == 2 and all(c["credit"] for c in clients) else None
+    clients = wait_for(registered)
+    assert clients and all(c["starved_share"] >= 0 and c["credit"] == 16 for c in clients)
+    w = peer(b.address)
+    w.hello("worker", "w")
     w.sock.send_multipart(chunk_batch(w.credit()))
     seen = {"c1": [], "c2": []}
     for name, client in (("c1", c1), ("c2", c2)):
         while (msg := client.recv_type("batch", 0.5)) is not None:
-            _, stems, meta = decode_batch(*msg, SPEC)
+            _, stems, meta = decode_batch(*msg, SMALL_SPEC)
             seen[name] += stems[:, 0, 0].astype(int).tolist()
             assert [m["offset"] for m in meta] == stems[:, 0, 0].astype(int).tolist()
     assert seen["c1"] and seen["c2"] and not set(seen["c1"]) & set(seen["c2"])   # disjoint
@@ -194,9 +95,9 @@ def test_reuse_serves_each_chunk_r_times_to_one_client_only(ctx, broker):
     assert "limit 64" in c1.recv_type("error")[0]["message"]
 
 
-def test_ctl_set_reuse_shows_in_stats_and_bad_values_are_refused(ctx, broker):
-    b, _ = broker(max_reuse=4)
-    ctl = Peer(ctx, b.address)
+def test_ctl_set_reuse_shows_in_stats_and_bad_values_are_refused(peer, broker):
+    b = broker(max_reuse=4)
+    ctl = peer(b.address)
     reply = ctl.ctl(cmd="set", key="reuse", value="3")
     assert reply["type"] == "ctl_reply" and reply["ok"]
     assert ctl.stats()["reuse"] == {"value": 3, "auto": False, "max": 4}
@@ -210,20 +111,20 @@ def test_ctl_set_reuse_shows_in_stats_and_bad_values_are_refused(ctx, broker):
     assert stats["malformed"] == 2 and stats["errors"]["bad_ctl"] == 2
 
 
-def test_pause_stops_credit_and_resume_restores_it(ctx, broker):
-    b, _ = broker(pool_size=40, credit_block=40)
-    ctl = Peer(ctx, b.address)
+def test_pause_stops_credit_and_resume_restores_it(peer, broker):
+    b = broker(pool_size=40, credit_block=40)
+    ctl = peer(b.address)
     assert ctl.ctl(cmd="pause")["ok"]
-    w = Peer(ctx, b.address)
-    hello(w, "worker", "w")
+    w = peer(b.address)
+    w.hello("worker", "w")
     assert w.credit() == 0 and ctl.stats()["paused"]
     assert ctl.ctl(cmd="resume")["ok"]
     assert w.credit() == 40
 
 
-def test_malformed_messages_are_dropped_counted_and_answered(ctx, broker):
-    b, _ = broker()
-    bad = Peer(ctx, b.address)
+def test_malformed_messages_are_dropped_counted_and_answered(peer, broker):
+    b = broker()
+    bad = peer(b.address)
     bad.sock.send_multipart([b"not json"])
     bad.sock.send_multipart([b'{"v": 99, "type": "hello"}'])
     bad.sock.send_multipart([b'{"v": 1, "type": "frobnicate"}'])
@@ -232,71 +133,69 @@ def test_malformed_messages_are_dropped_counted_and_answered(ctx, broker):
     bad.send({"type": "welcome"})                                   # a type brokers never accept
     replies = [bad.recv_type("error", 1.0) for _ in range(6)]
     assert all(r is not None for r in replies)
-    w = Peer(ctx, b.address)
-    hello(w, "worker", "w")
+    w = peer(b.address)
+    w.hello("worker", "w")
     w.credit()
-    header = {"type": "chunks", **SPEC.to_header(), "batch": 2, "shape": [2, 4, AUDIO.window],
+    header = {"type": "chunks", **SMALL_SPEC.to_header(), "batch": 2, "shape": [2, 4, SMALL_AUDIO.window],
               "chunks": [{"song": "s", "offset": 0, "uses": 0}] * 2}
     w.send(header, b"\0" * 10)                                       # payload length mismatch
-    w.send({**header, "shape": [2, 3, AUDIO.window]}, b"\0" * 10)    # wrong shape
+    w.send({**header, "shape": [2, 3, SMALL_AUDIO.window]}, b"\0" * 10)    # wrong shape
     w.send({"type": "song_request", "song_id": "nope"})              # unknown song
-    stranger = Peer(ctx, b.address)
+    stranger = peer(b.address)
     stranger.sock.send_multipart(chunk_batch(1))                     # chunks before hello
     assert stranger.recv_type("error")[0]["code"] == "hello_first"
-    time.sleep(0.2)
-    stats = w.stats()
-    assert stats["malformed"] == 9
+    stats = wait_for(lambda: (s := w.stats())["malformed"] >= 9 and s)
+    assert stats and stats["malformed"] == 9
     assert stats["errors"] == {"protocol": 4, "bad_hello": 1, "unexpected_type": 1, "bad_chunks": 2,
                                "bad_song_request": 1, "unknown_peer": 1}
     assert stats["pool"]["size"] == 0
 
 
-def test_song_request_returns_the_file_bytes(ctx, broker, tmp_path):
-    b, songs = broker()
-    w = Peer(ctx, b.address)
-    hello(w, "worker", "w")
-    w.send({"type": "song_request", "song_id": songs[1].song_id})
+def test_song_request_returns_the_file_bytes(peer, broker, tmp_path):
+    b = broker()
+    w = peer(b.address)
+    w.hello("worker", "w")
+    w.send({"type": "song_request", "song_id": b.songs[1].song_id})
     header, payload = w.recv_type("song_data")
-    assert header["song_id"] == songs[1].song_id
-    assert bytes(payload) == (tmp_path / songs[1].path).read_bytes()
-    (tmp_path / songs[2].path).unlink()
-    w.send({"type": "song_request", "song_id": songs[2].song_id})
+    assert header["song_id"] == b.songs[1].song_id
+    assert bytes(payload) == (tmp_path / b.songs[1].path).read_bytes()
+    (tmp_path / b.songs[2].path).unlink()
+    w.send({"type": "song_request", "song_id": b.songs[2].song_id})
     assert "cannot read" in w.recv_type("error")[0]["message"]
 
 
-def test_silent_worker_is_forgotten_and_its_credit_reclaimed(ctx, broker):
-    b, _ = broker(pool_size=32, credit_block=32, heartbeat_timeout=0.5)
-    w1 = Peer(ctx, b.address)
-    hello(w1, "worker", "w1")
+def test_silent_worker_is_forgotten_and_its_credit_reclaimed(peer, broker):
+    b = broker(pool_size=32, credit_block=32, heartbeat_timeout=0.5)
+    w1 = peer(b.address)
+    w1.hello("worker", "w1")
     assert w1.credit() == 32
-    w2 = Peer(ctx, b.address)
-    hello(w2, "worker", "w2")
+    w2 = peer(b.address)
+    w2.hello("worker", "w2")
     assert w2.credit(0.2) == 0                          # everything is promised to w1
-    deadline = time.monotonic() + 3
-    got = 0
-    while got == 0 and time.monotonic() < deadline:
+
+    def beat_for_credit():
         w2.send({"type": "heartbeat", "id": "w2", "counters": {"kept": 0}, "rate": 1.0})
-        got = w2.credit(0.2)
-    assert got == 32                                    # w1 timed out, its credit went to w2
+        return w2.credit(0.2)
+    assert wait_for(beat_for_credit, timeout=3, every=0) == 32     # w1 timed out, its credit went to w2
     assert [w["id"] for w in w2.stats()["workers"]["list"]] == ["w2"]
     w1.send({"type": "heartbeat", "id": "w1", "counters": {}, "rate": 0.0})
     assert w1.recv_type("error")[0]["code"] == "hello_first"
 
 
-def test_curve_accepts_only_known_clients(ctx, broker, tmp_path):
+def test_curve_accepts_only_known_clients(peer, broker, tmp_path):
     from synth_server.cli.serve import KeygenConfig, run_keygen
 
     keys = tmp_path / "keys"
     assert run_keygen(KeygenConfig(out=keys)) == 0
     assert run_keygen(KeygenConfig(out=keys)) == 1       # never overwrites
-    b, _ = broker(curve_keys=keys)
-    good = Peer(ctx, b.address, curve=load_client_curve(keys))
+    b = broker(curve_keys=keys)
+    good = peer(b.address, curve=load_client_curve(keys))
     assert good.stats()["reuse"]["value"] == 1
     stranger_pub, stranger_sec = zmq.curve_keypair()
     server_pub = load_client_curve(keys)[2]
-    stranger = Peer(ctx, b.address, curve=(stranger_pub, stranger_sec, server_pub))
+    stranger = peer(b.address, curve=(stranger_pub, stranger_sec, server_pub))
     stranger.send({"type": "ctl", "cmd": "stats"})
     assert stranger.recv(1.0) is None
-    plain = Peer(ctx, b.address)
+    plain = peer(b.address)
     plain.send({"type": "ctl", "cmd": "stats"})
     assert plain.recv(0.5) is None

@@ -5,150 +5,54 @@ import multiprocessing as mp
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import pretty_midi
 import pytest
 import zmq
 
-from synth_server.serve import broker as broker_module
-from synth_server.serve.broker import Broker
+from harness import SMALL_AUDIO, SMALL_SPEC, BrokerThread, group_pids, wait_for
 from synth_server.client import StreamClient
-from synth_server.config import AudioConfig, ChunkSourceConfig, CorpusConfig
-from synth_server.synth.corpus import SongInfo
-from synth_server.serve.heartbeat import Heartbeat
-from synth_server.protocol import BatchSpec, decode, encode, encode_batch, to_wire
+from synth_server.config import AudioConfig
+from synth_server.protocol import BatchSpec, decode, encode_batch
+from synth_server.serve import broker as broker_module
 from synth_server.serve.config import BrokerConfig, WorkerConfig
+from synth_server.serve.heartbeat import Heartbeat
 
-ROOT = Path(__file__).resolve().parents[3]
-PY = [sys.executable, "-m", "synth_server"]
-SMALL = AudioConfig(target=64, context=16)
-SPEC = BatchSpec(44100, 64, 16, ("drums", "piano", "strings", "bass"), "float16")
-
-
-def wait_for(cond, timeout=30.0, every=0.1):
-    """Poll ``cond`` until it returns something truthy (returned) or ``timeout`` passes (None)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    return None
-
-
-def songs_in(root: Path, n: int) -> list[SongInfo]:
-    out = []
-    for i in range(n):
-        pm = pretty_midi.PrettyMIDI()
-        inst = pretty_midi.Instrument(0)
-        inst.notes = [pretty_midi.Note(90, 60 + i, 0.0, 1.0)]
-        pm.instruments.append(inst)
-        pm.write(str(root / f"s{i}.mid"))
-        out.append(SongInfo(path=f"s{i}.mid", size=1, mtime=0.0, song_id=f"{i:016x}", duration=1.0,
-                            class_notes={}, instruments=(), split="train"))
-    return out
-
-
-def run_broker(root: Path, audio: AudioConfig = SMALL, prefill: int = 0, **kw):
-    """A real Broker on a thread; ``prefill`` random chunks served for ever (huge reuse)."""
-    cfg = BrokerConfig(**{"port": 0, "pool_size": 64, "credit_block": 32, "max_reuse": 10**6, **kw})
-    b = Broker(cfg, ChunkSourceConfig(corpus=CorpusConfig(root=root), audio=audio), songs_in(root, 3), root)
-    if prefill:
-        b.pool.set_reuse(10**6)
-        noise = np.random.default_rng(0).uniform(-0.5, 0.5, (prefill, 4, audio.context * 2 + audio.target))
-        b.pool.add(to_wire(noise, cfg.dtype)[0], [{"song": "x", "offset": i} for i in range(prefill)])
-    stop = threading.Event()
-    thread = threading.Thread(target=b.run, args=(stop,), daemon=True)
-    thread.start()
-
-    def close():
-        stop.set()
-        thread.join(5)
-        b.close()
-    return b, close
-
-
-@pytest.fixture
-def brokers(tmp_path):
-    closers = []
-
-    def make(**kw):
-        b, close = run_broker(tmp_path, **kw)
-        closers.append(close)
-        return b
-    yield make
-    for close in closers:
-        close()
-
-
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
-class Peer:
-    def __init__(self, ctx, address):
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(address)
-
-    def send(self, **header):
-        self.sock.send_multipart(encode(header))
-
-    def recv_type(self, kind, timeout=3.0):
-        deadline = time.monotonic() + timeout
-        while self.sock.poll(max(1, int(1000 * (deadline - time.monotonic())))):
-            header, payload = decode(self.sock.recv_multipart())
-            if header["type"] == kind:
-                return header, payload
-        return None
-
-    def stats(self):
-        self.send(type="ctl", cmd="stats")
-        return self.recv_type("stats")[0]["stats"]
-
-    def hello(self, role, peer_id):
-        self.send(type="hello", role=role, id=peer_id, pid=1, host="test")
-        return self.recv_type("welcome")[0]
+pytestmark = pytest.mark.slow
 
 
 # -- broker restart, silent clients -----------------------------------------------------------------
-def test_client_carries_on_after_the_broker_restarts(tmp_path, caplog):
+def test_client_carries_on_after_the_broker_restarts(tmp_path, caplog, peer):
     caplog.set_level(logging.INFO, logger="synth_server.client")
-    first, close_first = run_broker(tmp_path, prefill=32)
+    first = BrokerThread(tmp_path, prefill=32)
     port = int(first.address.rsplit(":", 1)[1])
     client = StreamClient(first.address, batch_size=4, prefetch=2, timeout=1.0, backoff_base=0.2, backoff_cap=1.0)
     try:
-        assert client.get(timeout=20).stems.shape == (4, 4, SMALL.window)
-        close_first()
-        second, close_second = run_broker(tmp_path, prefill=32, port=port)
+        assert client.get(timeout=20).stems.shape == (4, 4, SMALL_AUDIO.window)
+        first.close()
+        second = BrokerThread(tmp_path, prefill=32, port=port)
         try:
             got = [client.get(timeout=30) for _ in range(6)]    # waits out the restart, then carries on
-            assert all(b.stems.shape == (4, 4, SMALL.window) for b in got)
+            assert all(b.stems.shape == (4, 4, SMALL_AUDIO.window) for b in got)
             assert client.reconnects >= 1 and client._thread.is_alive()
-            assert any(c["id"] == client.client_id for c in Peer(zmq.Context.instance(), second.address)
-                       .stats()["clients"])
+            assert any(c["id"] == client.client_id for c in peer(second.address).stats()["clients"])
         finally:
-            close_second()
+            second.close()
     finally:
         client.close()
+        first.close()
     text = caplog.text
     assert re.search(r"reconnecting \(attempt \d+, backoff|does not know this client", text)
     assert "again" in text
 
 
-def test_client_reports_wait_share_and_a_silent_client_is_forgotten(ctx, brokers, monkeypatch):
+def test_client_reports_wait_share_and_a_silent_client_is_forgotten(peer, broker, monkeypatch):
     monkeypatch.setattr(broker_module, "CLIENT_TIMEOUT_S", 1.5)
-    b = brokers(prefill=0, pool_size=16, reuse=3)
-    ctl = Peer(ctx, b.address)
+    b = broker(prefill=0, pool_size=16, reuse=3)
+    ctl = peer(b.address)
 
     def reported():
         return [c["wait_share"] for c in ctl.stats()["clients"] if c["wait_share"] is not None]
@@ -166,66 +70,68 @@ def test_client_reports_wait_share_and_a_silent_client_is_forgotten(ctx, brokers
         waiting.join()
         assert shares, f"wait_share of a waiting consumer: {reported()}"
         assert isinstance(outcome[0], TimeoutError)
-        worker = Peer(ctx, b.address)
+        worker = peer(b.address)
         worker.hello("worker", "w")
-        stems = np.full((16, 4, SMALL.window), 0.25, np.float16)
-        worker.sock.send_multipart(encode_batch("chunks", SPEC, stems,
+        stems = np.full((16, 4, SMALL_AUDIO.window), 0.25, np.float16)
+        worker.sock.send_multipart(encode_batch("chunks", SMALL_SPEC, stems,
                                                 [{"song": "s", "offset": i, "uses": 0} for i in range(16)]))
-        assert client.get(timeout=10).stems.shape == (4, 4, SMALL.window)
+        assert client.get(timeout=10).stems.shape == (4, 4, SMALL_AUDIO.window)
     # a raw client that draws chunks (R=3: they become its own) and then goes silent
-    raw = Peer(ctx, b.address)
+    raw = peer(b.address)
     raw.hello("client", "silent")
-    raw.send(type="request", credit=1, batch_size=4)
+    raw.send({"type": "request", "credit": 1, "batch_size": 4})
     assert raw.recv_type("batch") is not None
     assert wait_for(lambda: not ctl.stats()["clients"], timeout=10)     # both clients forgotten
-    assert b.pool.available("someone-else") == 16                       # their chunks are free again
-    raw.send(type="request", credit=1, batch_size=4)
+    assert b.broker.pool.available("someone-else") == 16                       # their chunks are free again
+    raw.send({"type": "request", "credit": 1, "batch_size": 4})
     assert raw.recv_type("error")[0]["code"] == "hello_first"
 
 
 # -- songs that fail, kill or hang workers ----------------------------------------------------------
-def test_songs_that_keep_failing_or_killing_workers_are_banned(ctx, brokers):
-    b = brokers(heartbeat_timeout=1.0)
-    ids = sorted(b.book.songs)
+def test_songs_that_keep_failing_or_killing_workers_are_banned(peer, broker):
+    b = broker(heartbeat_timeout=1.0)
+    ids = sorted(b.broker.book.songs)
     killer, broken, unlucky = ids
-    ctl = Peer(ctx, b.address)
+    ctl = peer(b.address)
     for i in range(3):                                  # three workers die while on the same song
-        w = Peer(ctx, b.address)
+        w = peer(b.address)
         w.hello("worker", f"dies-{i}")
-        w.send(type="song_request", song_id=killer)
+        w.send({"type": "song_request", "song_id": killer})
         assert w.recv_type("song_data")[0]["song_id"] == killer
         assert wait_for(lambda: f"dies-{i}" not in [x["id"] for x in ctl.stats()["workers"]["list"]], 10)
     for i in range(2):                                  # two death strikes, then a normal visit forgives
-        w = Peer(ctx, b.address)
+        w = peer(b.address)
         w.hello("worker", f"unlucky-{i}")
-        w.send(type="heartbeat", id=f"unlucky-{i}", counters={}, rate=1.0, song=unlucky)
+        w.send({"type": "heartbeat", "id": f"unlucky-{i}", "counters": {}, "rate": 1.0, "song": unlucky})
         assert wait_for(lambda: f"unlucky-{i}" not in [x["id"] for x in ctl.stats()["workers"]["list"]], 10)
-    ok = Peer(ctx, b.address)
+    ok = peer(b.address)
     ok.hello("worker", "ok")
-    ok.send(type="heartbeat", id="ok", counters={}, rate=1.0)
-    ok.send(type="song_request", song_id=broken, songs_done=[unlucky], songs_failed=[[broken, "parse"]])
+    ok.send({"type": "heartbeat", "id": "ok", "counters": {}, "rate": 1.0})
+    ok.send({"type": "song_request", "song_id": broken, "songs_done": [unlucky],
+             "songs_failed": [[broken, "parse"]]})
     assert ok.recv_type("song_data") is not None       # one reported failure: still served
-    stuck = Peer(ctx, b.address)
+    stuck = peer(b.address)
     stuck.hello("worker", "stuck")
-    stuck.send(type="heartbeat", id="stuck", counters={}, rate=0.0, song=broken, stalled=80.0)
+    stuck.send({"type": "heartbeat", "id": "stuck", "counters": {}, "rate": 0.0, "song": broken,
+                "stalled": 80.0})
     stats = wait_for(lambda: (s := ctl.stats())["banned_songs"]["count"] == 2 and s, timeout=10)
     assert stats, "the killer and the broken song were not banned"
     assert sorted(s["song_id"] for s in stats["banned_songs"]["songs"]) == sorted([killer, broken])
     assert "stuck" not in [x["id"] for x in stats["workers"]["list"]]     # dropped at once
-    ok.send(type="heartbeat", id="ok", counters={}, rate=1.0)
-    ok.send(type="song_request", song_id=killer)
+    ok.send({"type": "heartbeat", "id": "ok", "counters": {}, "rate": 1.0})
+    ok.send({"type": "song_request", "song_id": killer})
     header, _ = ok.recv_type("error")
     assert header.get("code") == "song_banned" and header["song_id"] == killer, header
-    fresh = Peer(ctx, b.address).hello("worker", "fresh")
+    fresh = peer(b.address).hello("worker", "fresh")
     assert [s[0] for s in fresh["songs"]] == [unlucky]  # welcomes leave banned songs out
     assert "song_banned" not in stats["errors"] and ctl.stats()["errors"]["song_banned"] == 1
 
 
-def test_heartbeat_watchdog_reports_a_hung_song_and_gives_up(ctx):
-    router = ctx.socket(zmq.ROUTER)
+def test_heartbeat_watchdog_reports_a_hung_song_and_gives_up(zmq_ctx):
+    router = zmq_ctx.socket(zmq.ROUTER)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     stuck = []
-    beat = Heartbeat(ctx, WorkerConfig(connect=f"tcp://127.0.0.1:{port}", heartbeat_s=0.1), "w", threading.Event(),
+    beat = Heartbeat(zmq_ctx, WorkerConfig(connect=f"tcp://127.0.0.1:{port}", heartbeat_s=0.1), "w", threading.Event(),
                      stall_s=0.5, on_stuck=lambda song, s: stuck.append((song, s)))
     beat.welcomed.set()
     beat.status = {"counters": {"kept": 3}, "busy_s": 1.0, "song": None, "t": time.monotonic() - 60}
@@ -254,10 +160,10 @@ def _broker_process(conn, pool_size: int) -> None:
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="stemstream-faults-"))
-    b, close = run_broker(root, audio=AudioConfig(), pool_size=pool_size, credit_block=64)
-    conn.send((b.address, b.budget_bytes(), b.chunk_bytes))
+    running = BrokerThread(root, audio=AudioConfig(), pool_size=pool_size, credit_block=64)
+    conn.send((running.address, running.broker.budget_bytes(), running.broker.chunk_bytes))
     conn.recv()
-    close()
+    running.close()
 
 
 def rss_mib(pid: int) -> float:
@@ -265,7 +171,7 @@ def rss_mib(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
 
 
-def test_stalled_client_keeps_broker_memory_within_pool_budget(ctx):
+def test_stalled_client_keeps_broker_memory_within_pool_budget(peer):
     parent, child = mp.get_context("spawn").Pipe()
     proc = mp.get_context("spawn").Process(target=_broker_process, args=(child, 512))
     proc.start()
@@ -273,20 +179,20 @@ def test_stalled_client_keeps_broker_memory_within_pool_budget(ctx):
         address, budget, chunk_bytes = parent.recv()
         base = rss_mib(proc.pid)
         spec = BatchSpec(44100, 4410, 4096, ("drums", "piano", "strings", "bass"), "float16")
-        worker = Peer(ctx, address)
+        worker = peer(address)
         worker.hello("worker", "flood")
         stems = np.full((32, 4, spec.window), 0.1, np.float16)
         msg = encode_batch("chunks", spec, stems, [{"song": "s", "offset": i, "uses": 0} for i in range(32)])
         stalled = StreamClient(address, batch_size=32, prefetch=4, timeout=60)   # never read from
-        hostile = Peer(ctx, address)
+        hostile = peer(address)
         hostile.hello("client", "greedy")
-        hostile.send(type="request", credit=5, batch_size=600)               # 5 x 61 MB outstanding
+        hostile.send({"type": "request", "credit": 5, "batch_size": 600})     # 5 x 61 MB outstanding
         assert "MiB per client" in hostile.recv_type("error")[0]["message"]
-        ctl = Peer(ctx, address)
+        ctl = peer(address)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:             # send far more than the pool holds
             worker.sock.send_multipart(msg, copy=False)
-            worker.send(type="heartbeat", id="flood", counters={}, rate=1.0)
+            worker.send({"type": "heartbeat", "id": "flood", "counters": {}, "rate": 1.0})
             time.sleep(0.01)
             if ctl.stats()["errors"].get("over_credit", 0) > 20 * 512:
                 break
@@ -304,7 +210,7 @@ def test_stalled_client_keeps_broker_memory_within_pool_budget(ctx):
 
 
 # -- safe defaults ----------------------------------------------------------------------------------
-def test_default_bind_is_loopback_and_curve_keeps_strangers_out(tmp_path, brokers):
+def test_default_bind_is_loopback_and_curve_keeps_strangers_out(tmp_path, broker):
     from synth_server.cli.main import build_parser
     from synth_server.cli.serve import KeygenConfig, run_keygen
     from synth_server.serve.config import load_client_curve
@@ -312,13 +218,13 @@ def test_default_bind_is_loopback_and_curve_keeps_strangers_out(tmp_path, broker
     assert BrokerConfig().bind == "127.0.0.1"
     args = build_parser().parse_args(["serve", "--corpus", str(tmp_path)])
     assert args.bind == "127.0.0.1"
-    plain = brokers(prefill=8)
+    plain = broker(prefill=8)
     assert plain.address.startswith("tcp://127.0.0.1:")
     keys = tmp_path / "keys"
     assert run_keygen(KeygenConfig(out=keys)) == 0
-    secure = brokers(prefill=8, curve_keys=keys)
+    secure = broker(prefill=8, curve_keys=keys)
     with StreamClient(secure.address, batch_size=2, prefetch=1, timeout=2.0, curve=load_client_curve(keys)) as ok:
-        assert ok.get(timeout=20).stems.shape == (2, 4, SMALL.window)
+        assert ok.get(timeout=20).stems.shape == (2, 4, SMALL_AUDIO.window)
     with StreamClient(secure.address, batch_size=2, prefetch=1, timeout=1.0, backoff_cap=0.5) as stranger:
         with pytest.raises(TimeoutError):
             stranger.get(timeout=3)
@@ -326,49 +232,17 @@ def test_default_bind_is_loopback_and_curve_keeps_strangers_out(tmp_path, broker
 
 
 # -- real `serve`: a worker killed mid-render, shutdown without orphans --------------------------------
-def group_pids(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 @pytest.fixture
-def serve(tmp_path):
-    """`serve` with 2 workers on a 3-song demo corpus, small chunks; its own process group."""
-    log = open(tmp_path / "serve.log", "w+")
+def small_serve(serve, tmp_path):
+    """`serve` with 2 workers on a 3-song demo corpus (written into an empty folder), small chunks."""
     (tmp_path / "corpus").mkdir()
-    proc = subprocess.Popen(
-        [*PY, "serve", "--corpus", str(tmp_path / "corpus"), "--demo-songs", "3", "--workers", "2",
-         "--pool-size", "64", "--port", "0", "--target", "1024", "--context", "256", "--excerpt", "1.0",
-         "--max-chunks-per-song", "16", "--jobs", "1"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def address():
-        log.seek(0)
-        m = re.search(r"broker on (tcp://[^\s:]+:\d+)", log.read())
-        return m.group(1) if m else None
-    found = wait_for(lambda: address() or proc.poll() is not None, timeout=60, every=0.2)
-    if not isinstance(found, str):
-        proc.kill()
-        log.seek(0)
-        pytest.fail("serve did not start:\n" + log.read())
-    yield proc, found, log
-    for pid in group_pids(proc.pid):
-        os.kill(pid, signal.SIGKILL)
-    proc.wait(10)
-    log.close()
+    return serve("--corpus", tmp_path / "corpus", "--demo-songs", 3, "--workers", 2, "--pool-size", 64,
+                 "--target", 1024, "--context", 256, "--excerpt", 1.0, "--max-chunks-per-song", 16, "--jobs", 1)
 
 
-def test_worker_killed_mid_render_is_restarted_and_the_stream_goes_on(serve, ctx):
-    proc, address, log = serve
-    ctl = Peer(ctx, address)
+def test_worker_killed_mid_render_is_restarted_and_the_stream_goes_on(small_serve, peer):
+    proc, address = small_serve.proc, small_serve.address
+    ctl = peer(address)
     with StreamClient(address, batch_size=8, prefetch=2, timeout=30) as client:
         client.get(timeout=60)
         workers = wait_for(lambda: len(w := ctl.stats()["workers"]["list"]) == 2 and w, timeout=30)
@@ -384,16 +258,15 @@ def test_worker_killed_mid_render_is_restarted_and_the_stream_goes_on(serve, ctx
         before = stats["totals"]["served"]
         client.get(timeout=60)
         assert wait_for(lambda: ctl.stats()["totals"]["served"] > before, timeout=30)
-    log.seek(0)
-    assert re.search(rf"worker {re.escape(victim['id'])} exited with code -9", log.read())
+    assert re.search(rf"worker {re.escape(victim['id'])} exited with code -9", small_serve.output())
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
     assert wait_for(lambda: not group_pids(proc.pid), timeout=10), "child processes outlived `serve`"
 
 
-def test_workers_exit_when_serve_is_killed(serve, ctx):
-    proc, address, _log = serve
-    assert wait_for(lambda: Peer(ctx, address).stats()["workers"]["alive"] == 2, timeout=60)
+def test_workers_exit_when_serve_is_killed(small_serve, peer):
+    proc, address = small_serve.proc, small_serve.address
+    assert wait_for(lambda: peer(address).stats()["workers"]["alive"] == 2, timeout=60)
     proc.kill()                                       # no chance to clean up: workers notice alone
     proc.wait(10)
     assert wait_for(lambda: not group_pids(proc.pid), timeout=20), "workers outlived a killed `serve`"

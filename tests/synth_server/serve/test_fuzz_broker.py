@@ -2,51 +2,17 @@
 strangers, a registered worker and a registered client. Afterwards the broker still serves a
 normal worker and StreamClient correctly, and its malformed counter moved."""
 import json
-import threading
 import time
 
 import numpy as np
-import pretty_midi
-import pytest
 import zmq
 
-from synth_server.serve.broker import Broker
+from harness import SMALL_AUDIO, SMALL_SPEC, song_id
 from synth_server.client import StreamClient
-from synth_server.config import AudioConfig, ChunkSourceConfig, CorpusConfig
-from synth_server.synth.corpus import SongInfo
-from synth_server.protocol import MAX_HEADER_BYTES, MESSAGE_TYPES, BatchSpec, decode, encode, encode_batch
-from synth_server.serve.config import BrokerConfig
+from synth_server.protocol import MAX_HEADER_BYTES, MESSAGE_TYPES, decode, encode, encode_batch
 
-AUDIO = AudioConfig(target=64, context=16)      # window 96: tiny chunks
-SPEC = BatchSpec(44100, 64, 16, ("drums", "piano", "strings", "bass"), "float16")
+SONG = song_id(0)                               # the broker's one song
 N_MESSAGES = 3000
-
-
-@pytest.fixture
-def broker(tmp_path):
-    pm = pretty_midi.PrettyMIDI()
-    inst = pretty_midi.Instrument(0)
-    inst.notes = [pretty_midi.Note(90, 60, 0.0, 1.0)]
-    pm.instruments.append(inst)
-    pm.write(str(tmp_path / "a.mid"))
-    song = SongInfo(path="a.mid", size=1, mtime=0.0, song_id="a" * 16, duration=1.0, class_notes={},
-                    instruments=(), split="train")
-    b = Broker(BrokerConfig(port=0, pool_size=64, credit_block=32),
-               ChunkSourceConfig(corpus=CorpusConfig(root=tmp_path), audio=AUDIO), [song], tmp_path)
-    stop = threading.Event()
-    thread = threading.Thread(target=b.run, args=(stop,), daemon=True)
-    thread.start()
-    yield b, thread
-    stop.set()
-    thread.join(5)
-    b.close()
-
-
-def dealer(ctx, address):
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    return sock
 
 
 def drain(sock):
@@ -58,14 +24,14 @@ def drain(sock):
 
 
 def valid_chunks(n, tag=0):
-    stems = np.full((n, 4, AUDIO.window), 0.5, np.float16)
+    stems = np.full((n, 4, SMALL_AUDIO.window), 0.5, np.float16)
     stems[:, 0, 0] = tag
-    meta = [{"song": "a" * 16, "offset": tag + i, "uses": 0} for i in range(n)]
-    return encode_batch("chunks", SPEC, stems, meta, counters={"kept": n})
+    meta = [{"song": SONG, "offset": tag + i, "uses": 0} for i in range(n)]
+    return encode_batch("chunks", SMALL_SPEC, stems, meta, counters={"kept": n})
 
 
 WEIRD = [None, True, -1, 0, 1, 2**31, 2**64, 10**30, -(10**20), 1e308, float("nan"), float("inf"), "",
-         "x" * 300, "../../etc/passwd", [], [1, 2], {}, {"a": {"b": [None]}}, [[["deep"]]], "auto", "a" * 16]
+         "x" * 300, "../../etc/passwd", [], [1, 2], {}, {"a": {"b": [None]}}, [[["deep"]]], "auto", SONG]
 KEYS = ["role", "id", "pid", "host", "song_id", "n", "credit", "batch_size", "wait_share", "counters", "rate",
         "cmd", "key", "value", "batch", "shape", "chunks", "dtype", "stems", "sample_rate", "target", "context",
         "song", "stalled", "songs_done", "songs_failed"]
@@ -96,7 +62,7 @@ def mutate(rng, frames: list) -> list:
     if choice == 3 and "shape" in header:                 # a header claiming gigabytes
         header["batch"] = header["shape"][0] = 10**7
     elif choice == 4 and "shape" in header:
-        header["shape"] = [header["batch"], 3, AUDIO.window]
+        header["shape"] = [header["batch"], 3, SMALL_AUDIO.window]
     elif choice == 5:
         return [head, payload or b"", rng.bytes(10)]     # three frames
     else:
@@ -119,66 +85,59 @@ def one_message(rng, registered_worker: bool) -> list:
                        "batch_size": int(rng.integers(-3, 5000))})
     if registered_worker:
         return valid_chunks(int(rng.integers(1, 40)), tag=9)   # mostly beyond its credit
-    return encode({"type": "song_request", "song_id": "a" * 16})
+    return encode({"type": "song_request", "song_id": SONG})
 
 
-def test_fuzzed_broker_survives_and_still_serves(broker):
-    b, thread = broker
+def test_fuzzed_broker_survives_and_still_serves(broker, peer):
+    running = broker(songs=1)
+    b, thread = running.broker, running.thread
     assert b.sock.getsockopt(zmq.MAXMSGSIZE) == b.max_frame == MAX_HEADER_BYTES   # tiny chunks: header bound
-    ctx = zmq.Context()
-    try:
-        rng = np.random.default_rng(1234)
-        strangers = [dealer(ctx, b.address) for _ in range(3)]
-        worker, client = dealer(ctx, b.address), dealer(ctx, b.address)
-        worker.send_multipart(encode({"type": "hello", "role": "worker", "id": "fw", "pid": 1, "host": "h"}))
-        client.send_multipart(encode({"type": "hello", "role": "client", "id": "fc", "pid": 1, "host": "h"}))
-        oversized = dealer(ctx, b.address)
-        oversized.send_multipart([b'{"v":1,"type":"ctl","cmd":"stats"}', bytes(b.max_frame + 1)])
-        senders = strangers + [worker, client]
-        for i in range(N_MESSAGES):
-            k = int(rng.integers(len(senders)))
-            senders[k].send_multipart(one_message(rng, senders[k] is worker))
-            if i % 50 == 0:
-                for sock in senders:
-                    drain(sock)
-                time.sleep(0.001)
-        assert thread.is_alive()
 
-        ctl = dealer(ctx, b.address)
-        ctl.send_multipart(encode({"type": "ctl", "cmd": "stats"}))
-        deadline = time.monotonic() + 20                 # the broker works through its queues first
-        stats = None
-        while stats is None and time.monotonic() < deadline:
-            if ctl.poll(200):
-                header, _ = decode(ctl.recv_multipart())
-                stats = header.get("stats")
-        assert stats is not None, "the broker stopped answering"
-        assert stats["malformed"] > N_MESSAGES // 3
-        assert stats["errors"]["protocol"] > 500 and stats["errors"]["bad_chunks"] > 100
-        assert stats["errors"].get("internal_error", 0) == 0     # every bad input had a clear reason
-        assert oversized.poll(500) == 0                  # the oversized frame was never answered
-        assert stats["pool"]["size"] <= 64
+    def dealer():
+        return peer(b.address).sock
 
-        # a normal worker and a normal client still work (the pool may still hold fuzz chunks)
-        good = dealer(ctx, b.address)
-        good.send_multipart(encode({"type": "hello", "role": "worker", "id": "good", "pid": 2, "host": "h"}))
-        tags, credit, deadline = set(), 0, time.monotonic() + 30
-        with StreamClient(b.address, batch_size=4, prefetch=1, timeout=10) as stream:
-            while 100 not in tags and time.monotonic() < deadline:
-                credit += sum(h["n"] for h in drain(good) if h["type"] == "credit")
-                if credit:
-                    good.send_multipart(valid_chunks(min(credit, 8), tag=100))
-                    credit -= min(credit, 8)
-                good.send_multipart(encode({"type": "heartbeat", "id": "good", "counters": {}, "rate": 1.0}))
-                try:
-                    batch = stream.get(timeout=0.5)
-                except TimeoutError:
-                    continue
-                assert batch.stems.shape == (4, 4, AUDIO.window)
-                assert all(m["song"] == "a" * 16 for m in batch.chunks)
-                assert np.all(batch.stems_f32()[:, 1:] == 0.5)
-                tags.update(batch.stems_f32()[:, 0, 0].astype(int).tolist())
-        assert 100 in tags, "chunks of a normal worker never reached a normal client"
-        assert thread.is_alive()
-    finally:
-        ctx.destroy(linger=0)
+    rng = np.random.default_rng(1234)
+    strangers = [dealer() for _ in range(3)]
+    worker, client = dealer(), dealer()
+    worker.send_multipart(encode({"type": "hello", "role": "worker", "id": "fw", "pid": 1, "host": "h"}))
+    client.send_multipart(encode({"type": "hello", "role": "client", "id": "fc", "pid": 1, "host": "h"}))
+    oversized = dealer()
+    oversized.send_multipart([b'{"v":1,"type":"ctl","cmd":"stats"}', bytes(b.max_frame + 1)])
+    senders = strangers + [worker, client]
+    for i in range(N_MESSAGES):
+        k = int(rng.integers(len(senders)))
+        senders[k].send_multipart(one_message(rng, senders[k] is worker))
+        if i % 50 == 0:
+            for sock in senders:
+                drain(sock)
+            time.sleep(0.001)
+    assert thread.is_alive()
+
+    stats = peer(b.address).stats(timeout=20)        # the broker works through its queues first
+    assert stats["malformed"] > N_MESSAGES // 3
+    assert stats["errors"]["protocol"] > 500 and stats["errors"]["bad_chunks"] > 100
+    assert stats["errors"].get("internal_error", 0) == 0     # every bad input had a clear reason
+    assert oversized.poll(500) == 0                  # the oversized frame was never answered
+    assert stats["pool"]["size"] <= 64
+
+    # a normal worker and a normal client still work (the pool may still hold fuzz chunks)
+    good = dealer()
+    good.send_multipart(encode({"type": "hello", "role": "worker", "id": "good", "pid": 2, "host": "h"}))
+    tags, credit, deadline = set(), 0, time.monotonic() + 30
+    with StreamClient(b.address, batch_size=4, prefetch=1, timeout=10) as stream:
+        while 100 not in tags and time.monotonic() < deadline:
+            credit += sum(h["n"] for h in drain(good) if h["type"] == "credit")
+            if credit:
+                good.send_multipart(valid_chunks(min(credit, 8), tag=100))
+                credit -= min(credit, 8)
+            good.send_multipart(encode({"type": "heartbeat", "id": "good", "counters": {}, "rate": 1.0}))
+            try:
+                batch = stream.get(timeout=0.5)
+            except TimeoutError:
+                continue
+            assert batch.stems.shape == (4, 4, SMALL_AUDIO.window)
+            assert all(m["song"] == SONG for m in batch.chunks)
+            assert np.all(batch.stems_f32()[:, 1:] == 0.5)
+            tags.update(batch.stems_f32()[:, 0, 0].astype(int).tolist())
+    assert 100 in tags, "chunks of a normal worker never reached a normal client"
+    assert thread.is_alive()

@@ -2,30 +2,13 @@
 ctl/stats over the CLI; two clients get disjoint chunks; SIGTERM leaves no child process."""
 import json
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import pytest
+import soundfile as sf
 
+from harness import alive, synth_server_cli as cli
 from synth_server.client import StreamClient
-
-ROOT = Path(__file__).resolve().parents[3]
-PY = [sys.executable, "-m", "synth_server"]
-
-
-def cli(*args, timeout=20):
-    return subprocess.run([*PY, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
@@ -51,8 +34,9 @@ def server(tmp_path, watchdog, busy_midi, serve):
                  "--excerpt", 1.0, "--max-chunks-per-song", 24, "--split", "train", "--jobs", 1)
 
 
+@pytest.mark.slow
 def test_serve_streams_batches_and_obeys_ctl_and_sigterm(server):
-    proc, address, log = server.proc, server.address, server.log
+    proc, address = server.proc, server.address
     with StreamClient(address, batch_size=8, prefetch=2, timeout=30, client_id="a") as client:
         batches = [next(client) for _ in range(4)]
     for batch in batches:
@@ -94,28 +78,21 @@ def test_serve_streams_batches_and_obeys_ctl_and_sigterm(server):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
     assert not [pid for pid in worker_pids if alive(pid)]
-    log.seek(0)
-    out = log.read()
-    log.close()
+    assert not server.ready_file.exists()                          # removed at shutdown
+    out = server.output()
     assert "pool budget" in out and "broker stopped" in out
     assert cli("stats", "--connect", address, "--timeout", "0.5").returncode == 3
 
 
-def test_serve_writes_a_demo_corpus_into_an_empty_folder_and_stops_on_sigint(tmp_path, watchdog):
+@pytest.mark.slow
+def test_serve_writes_a_demo_corpus_into_an_empty_folder_and_stops_on_sigint(tmp_path, watchdog, serve):
     corpus = tmp_path / "empty"
     corpus.mkdir()
-    proc = subprocess.Popen([*PY, "serve", "--corpus", str(corpus), "--demo-songs", "3", "--workers", "1",
-                             "--pool-size", "16", "--port", "0", "--jobs", "1"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "started local worker" in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    lines += proc.stdout.readlines()
-    assert proc.wait(15) == 0, "".join(lines)
-    out = "".join(lines)
+    server = serve("--corpus", corpus, "--demo-songs", 3, "--workers", 1, "--pool-size", 16, "--jobs", 1)
+    server.proc.send_signal(signal.SIGINT)          # the ready file says: bound, local worker started
+    assert server.proc.wait(15) == 0, server.output()
+    out = server.output()
+    assert "started local worker" in out
     assert "holds no MIDI files: writing 3 demo songs" in out and "broker stopped" in out
     assert sorted(p.name for p in corpus.glob("*.mid")) == ["demo_000.mid", "demo_001.mid", "demo_002.mid"]
 
@@ -125,6 +102,8 @@ def test_serve_refuses_bad_flags_with_exit_code_2(tmp_path):
     assert r.returncode == 2 and "reuse must be in 1..8" in r.stderr
     r = cli("serve", "--corpus", str(tmp_path), "--workers", "many")
     assert r.returncode == 2 and "expected an integer or 'auto'" in r.stderr
+    r = cli("serve", "--corpus", tmp_path, "--ready-file", tmp_path / "missing" / "ready")
+    assert r.returncode == 2 and "--ready-file: folder" in r.stderr
     r = cli("stats", "--connect", "localhost:5555")
     assert r.returncode == 2 and "tcp://HOST:PORT" in r.stderr
     r = cli("serve", "--corpus", str(tmp_path), "--target", "0", "--port", "0")
@@ -133,6 +112,7 @@ def test_serve_refuses_bad_flags_with_exit_code_2(tmp_path):
     assert r.returncode == 2 and "is not a folder" in r.stderr and not (tmp_path / "typo").exists()
 
 
+@pytest.mark.slow
 def test_dump_taps_a_running_server(server, tmp_path):
     out = tmp_path / "dump"
     r = cli("dump", "--connect", server.address, "--n", "5", "--out", str(out), "--timeout", "60", timeout=90)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pretty_midi
+import pytest
 
+from harness import ROOT
 from synth_server.config import AudioConfig, ChunkSourceConfig, CorpusConfig, RenderConfig
 from synth_server.protocol import BatchSpec, decode, decode_batch, encode
 from synth_server.serve.config import source_to_json
 
-ROOT = Path(__file__).resolve().parents[3]
 AUDIO = AudioConfig(target=1024, context=256)
 SPEC = BatchSpec(44100, 1024, 256, ("drums", "piano", "strings", "bass"), "int16")
 
@@ -37,6 +38,7 @@ def recv(sock, timeout=10.0):
     return ident, header, payload
 
 
+@pytest.mark.slow
 def test_worker_obeys_credit_skips_bad_song_and_exits_on_sigterm(fake_broker, tmp_path):
     sock, address = fake_broker
     good = song_bytes(tmp_path)

@@ -63,6 +63,7 @@ def test_classes_and_distractor(tmp_path):
     assert song.duration == pytest.approx(0.5 * 11 + 0.3, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_nasty_files_parsed_or_skipped_with_reason(nasty_midi_dir, tmp_path):
     index = build_index(CorpusConfig(root=nasty_midi_dir, cache=tmp_path / "c.json", jobs=2))
     assert index.files_scanned == 8
@@ -233,6 +234,7 @@ def test_missing_root_is_a_clear_error(tmp_path):
         build_index(cfg_for(tmp_path / "nope"))
 
 
+@pytest.mark.slow
 def test_real_corpus_has_eligible_songs(real_midi_dir, tmp_path):
     cfg = CorpusConfig(root=real_midi_dir, cache=tmp_path / "c.json", jobs=2)
     index = build_index(cfg)

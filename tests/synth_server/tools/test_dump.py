@@ -3,12 +3,14 @@ import json
 import re
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from synth_server.cli.main import main
 from synth_server.synth.demo import write_demo_corpus
 
 
+@pytest.mark.slow
 def test_dump_writes_chunks_with_audio_facts(tmp_path):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_demo_corpus(corpus, 5, seed=3)      # train keeps >= 3 songs after valid and test take theirs

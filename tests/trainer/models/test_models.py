@@ -18,16 +18,6 @@ from trainer.models import (
 )
 
 GATED_TINY = replace(PRESETS["tiny"], gated=True)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small convs gain nothing from 2 threads, and OpenMP spinning makes them ~10x slower when
-    other processes share the 2 cores; restore the caller's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 SMALL_FLAT = ModelConfig(kind="flatconv", flat_kernel=9, flat_channels=8)
 
 
