@@ -16,8 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-import zmq
-
 from synth_server.cli import args as cli_args
 from synth_server.cli.args import UsageError
 from synth_server.dealer import ControlClient

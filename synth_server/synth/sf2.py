@@ -8,7 +8,6 @@ Generator values a soundfont modulator can move count at their most lengthening 
 """
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path

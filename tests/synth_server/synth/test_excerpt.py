@@ -1,7 +1,6 @@
 """An excerpt sounds exactly as the song does at that point: its stems equal the same span of a
 whole-song render (``preroll`` beyond the song start), on small songs made in code and on real songs."""
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pretty_midi

@@ -6,7 +6,6 @@ import pretty_midi
 import pytest
 
 from synth_server.config import AudioConfig, InstrumentClass, RenderConfig
-from synth_server.synth.events import note_ends
 from synth_server.synth.render import Renderer
 from synth_server.synth.sf2 import PresetTails, SoundfontFileError
 from synth_server.synth.soundfont import resolve_soundfonts
