@@ -220,8 +220,9 @@ class _Run:
 
     @property
     def model_name(self) -> str:
-        """The preset name, marked when --model-config changed it."""
-        return self.cfg.model if self.cfg.model_config is None else f"{self.cfg.model}+config"
+        """The preset name, or ``<kind>+config`` when --model-config set the architecture."""
+        custom = self.cfg.model_config
+        return self.cfg.model if custom is None else f"{custom.KIND}+config"
 
     def describe(self) -> str:
         rf, sr = receptive_field(self.model_cfg), self.spec.sample_rate
