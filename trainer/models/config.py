@@ -33,6 +33,7 @@ PRESETS: dict[str, ArchConfig] = {
     "seed": WaveNetConfig(),
     "tiny": WaveNetConfig(stacks=2, blocks=4, channels=16, head=(32, 32)),
     "flatconv": FlatConvConfig(),
+    "flatconv-tiny": FlatConvConfig(kernel=33, channels=16),
     # Wave-U-Net: the paper's 12 levels need --context 69622; 7 levels fit the default stream
     "waveunet": WaveUNetConfig(),
     "waveunet-7": WaveUNetConfig(levels=7),

@@ -16,8 +16,9 @@ in ``trainer/train.py``):
 
 ``context`` is 0 (the model pads its own edges; the loss covers the whole segment when the
 stream sends no context); at inference, overlap-add with cross-faded windows, as Demucs' own
-``apply_model`` does. The package is an optional extra (``pip install --no-deps demucs`` plus
-its small pure-Python dependencies einops, julius, dora-search, omegaconf, openunmix).
+``apply_model`` does. The package is an optional extra: ``pip install --no-deps demucs`` plus the
+two packages these models import, einops and julius (its other dependencies serve pretrained
+models and its own training).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 from trainer.models.base import ArchConfig, PaddedSeparator
 
 VARIANTS = {"htdemucs": ("demucs.htdemucs", "HTDemucs"), "hdemucs": ("demucs.hdemucs", "HDemucs")}
-INSTALL_HINT = "pip install --no-deps demucs && pip install einops julius dora-search omegaconf"
+INSTALL_HINT = "pip install --no-deps demucs && pip install einops julius"
 
 
 @dataclass(frozen=True)
