@@ -37,6 +37,7 @@ bench: venv
 	$(PY) bench/stream.py
 	$(PY) bench/stream_transport.py
 	$(PY) bench/train.py
+	$(PY) bench/models.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

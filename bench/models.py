@@ -10,9 +10,10 @@
       one local ``synth-server serve`` (all models read the same stream: target 4410, context
       1024 = the largest context of the small configs), same loss, lr, batch and seed; then
       SI-SDR and SI-SDRi (vs the mixture as the estimate) on the same held-out chunks, rendered
-      once from the corpus' held-out split.
+      once from the corpus' held-out splits (default: the real MIDI corpus, trained on its train
+      split, scored on valid + test).
 
-    .venv/bin/python bench/models.py [--budget 60] [--corpus DIR] [--eval-split valid] [--n 96]
+    .venv/bin/python bench/models.py [--budget 60] [--corpus DIR] [--eval-splits valid,test] [--n 48]
         [--skip-train] [--models tiny,waveunet-tiny,...]
 
 On a 2-core CPU box the server's worker and the trainer share the cores; the step times of (1)
@@ -127,8 +128,8 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=60.0, help="training seconds per small config")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "midi" / "real")
-    ap.add_argument("--eval-split", default="valid")
-    ap.add_argument("--n", type=int, default=96, help="held-out chunks")
+    ap.add_argument("--eval-splits", default="valid,test", help="held-out splits (chunks of each)")
+    ap.add_argument("--n", type=int, default=48, help="held-out chunks per split")
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
 
@@ -145,9 +146,11 @@ def main() -> int:
           f"remix; stream target {TARGET} context {TRAIN_CONTEXT} from {args.corpus} (train split)", flush=True)
     audio = AudioConfig(44100, TARGET, TRAIN_CONTEXT)
     corpus = CorpusConfig(root=args.corpus, classes=classes_for(list(STEMS)))
-    held, songs, _ = eval_chunks(corpus, audio, RenderConfig(excerpt=EXCERPT_S), args.eval_split, args.n, 1234)
-    stems = torch.from_numpy(held)
-    print(f"held-out: {len(held)} chunks from {songs} song(s) of split {args.eval_split!r}", flush=True)
+    held = [eval_chunks(corpus, audio, RenderConfig(excerpt=EXCERPT_S), split, args.n, 1234)
+            for split in args.eval_splits.split(",")]
+    stems = torch.from_numpy(np.concatenate([h[0] for h in held]))
+    print(f"held-out: {len(stems)} chunks from {sum(h[1] for h in held)} song(s) of splits "
+          f"{args.eval_splits}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(args.corpus, 1, 512, Path(tmp) / "serve.log", "--reuse", "4", "--split", "train",
                         "--target", str(TARGET), "--context", str(TRAIN_CONTEXT))
