@@ -47,8 +47,8 @@ from trainer.checkpoint import load_separator  # noqa: E402
 from trainer.config import TrainConfig, resolve_device  # noqa: E402
 from trainer.evaluate import EXCERPT_S, SILENT_DBFS, classes_for, eval_chunks  # noqa: E402
 from trainer.metrics import si_sdr  # noqa: E402
-from trainer.models import PRESETS, build_model, preset  # noqa: E402
-from trainer.models.profile import forward_flops, model_figures  # noqa: E402
+from trainer.models import PRESETS, preset  # noqa: E402
+from trainer.models.profile import counting_model, forward_flops, model_figures  # noqa: E402
 from trainer.train import run_train  # noqa: E402
 
 SMALL = ("tiny", "flatconv-tiny", "waveunet-tiny", "resunet-tiny", "specunet-tiny", "openunmix-tiny",
@@ -61,12 +61,7 @@ def step_flops_estimate(name: str) -> float:
     """Training FLOPs of one batch-12 step, estimated as 3 x the forward (batch 1, x 12)."""
     cfg = preset(name)
     window = TARGET + 2 * cfg.context()
-    cfg = cfg.for_stream(44100, window, 4)
-    if cfg.receptive_field() is None:
-        model = build_model(cfg)
-    else:
-        with torch.device("meta"):
-            model = build_model(cfg)
+    model = counting_model(cfg.for_stream(44100, window, 4))
     return 3 * BATCH * forward_flops(model, window, TARGET)
 
 

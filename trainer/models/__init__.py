@@ -24,11 +24,14 @@ SEPARATORS: dict[str, type[Separator]] = {
     "demucs": DemucsSeparator,
 }
 
-__all__ = ["CONFIGS", "KINDS", "PRESETS", "SEPARATORS", "ArchConfig", "DemucsConfig", "FlatConvConfig",
-           "FlatConvSeparator", "ModelConfig", "ResUNetConfig", "ResidualBlock", "SpecUNetConfig", "Separator",
-           "UMXConfig", "WaveNetConfig", "WaveNetSeparator", "WaveUNetConfig", "apply_overrides", "build_model",
-           "centre_crop", "check_context", "config_from_dict", "count_parameters", "load_model_config", "preset", "probe_model",
-           "receptive_field", "required_context"]
+__all__ = [
+    "ArchConfig", "CONFIGS", "DemucsConfig", "FlatConvConfig", "FlatConvSeparator", "KINDS",
+    "ModelConfig", "PRESETS", "ResUNetConfig", "ResidualBlock", "SEPARATORS", "Separator",
+    "SpecUNetConfig", "UMXConfig", "WaveNetConfig", "WaveNetSeparator", "WaveUNetConfig",
+    "apply_overrides", "build_model", "centre_crop", "check_context", "config_from_dict",
+    "count_parameters", "load_model_config", "preset", "probe_model", "receptive_field",
+    "required_context",
+]
 
 
 def build_model(cfg: ArchConfig) -> Separator:

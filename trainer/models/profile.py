@@ -66,20 +66,28 @@ def forward_flops(model: Separator, length: int, target: int) -> int:
     return counter.get_total_flops() + lstm[0]
 
 
+def counting_model(cfg: ArchConfig, meta: bool | None = None) -> Separator:
+    """The model of ``cfg`` to count FLOPs on: on the meta device (no memory, no compute) unless
+    ``meta`` is False; by default real for padded models, whose STFTs and data-dependent code
+    need real tensors."""
+    from trainer.models import build_model
+
+    if meta is None:
+        meta = cfg.receptive_field() is not None
+    if not meta:
+        return build_model(cfg)
+    with torch.device("meta"):
+        return build_model(cfg)
+
+
 def model_figures(cfg: ArchConfig, sample_rate: int = 44100, flops: bool = True) -> ModelFigures:
     """Figures of ``cfg`` adapted to a 1 s stream window at ``sample_rate`` (see the module doc);
     ``flops=False`` skips the forward pass (``flops_per_s`` is then NaN)."""
-    from trainer.models import build_model
-
     ctx = cfg.context()
     padded = cfg.receptive_field() is None
     target = sample_rate - 2 * ctx if padded else sample_rate
     cfg = cfg.for_stream(sample_rate, target + 2 * ctx, cfg.stems)
-    if padded and flops:
-        model = build_model(cfg)                # STFTs and data-dependent code need real tensors
-    else:
-        with torch.device("meta"):
-            model = build_model(cfg)
+    model = counting_model(cfg, meta=not (padded and flops))
     rate = forward_flops(model, target + 2 * ctx, target) * sample_rate / target if flops else float("nan")
     return ModelFigures(cfg.KIND, count_parameters(model), ctx, cfg.receptive_field(), cfg.stride(),
                         model.exact, rate)
