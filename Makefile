@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,models]"
+	$(PY) -m pip install -q --no-deps openunmix==1.3.0 demucs==4.1.0
 	touch $@
 
 venv: system-deps $(VENV)/.installed
@@ -37,6 +38,7 @@ bench: venv
 	$(PY) bench/stream.py
 	$(PY) bench/stream_transport.py
 	$(PY) bench/train.py
+	$(PY) bench/models.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

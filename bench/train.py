@@ -51,20 +51,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_figures(name: str, batch: int, steps: int, device: torch.device) -> dict:
-    """Median step time, FLOPs per step and FLOP/s of model ``name`` at ``batch``."""
+def step_figures(name: str, batch: int, steps: int, device: torch.device, *, context: int = CONTEXT,
+                 target: int = TARGET) -> dict:
+    """Median step time, FLOPs per step and FLOP/s of preset ``name`` at ``batch`` on windows of
+    ``target + 2 * context`` samples (the model config adapted to that stream geometry)."""
     torch.manual_seed(0)
-    model = build_model(preset(name)).to(device)
+    window = 2 * context + target
+    model = build_model(preset(name).for_stream(44100, window, 4)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     compiled = resolve_compile("auto", device)
-    runner = StepRunner(torch.compile(model) if compiled else model, opt, mae_loss, context=CONTEXT,
-                        target=TARGET, amp_dtype=resolve_amp("auto", device))
-    stems = 0.1 * torch.randn(batch, 4, 2 * CONTEXT + TARGET, device=device)
+    runner = StepRunner(torch.compile(model) if compiled else model, opt, mae_loss, context=context,
+                        target=target, amp_dtype=resolve_amp("auto", device))
+    stems = 0.1 * torch.randn(batch, 4, window, device=device)
     for _ in range(3 if compiled else 1):        # warm-up (and compilation)
         runner(stems)
     _sync(device)
     with FlopCounterMode(display=False) as counter:
-        StepRunner(model, opt, mae_loss, context=CONTEXT, target=TARGET,
+        StepRunner(model, opt, mae_loss, context=context, target=target,
                    amp_dtype=resolve_amp("auto", device))(stems)
     times = []
     for _ in range(steps):

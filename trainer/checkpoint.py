@@ -4,15 +4,16 @@ A checkpoint is a plain dict saved with ``torch.save`` and read back with
 ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists and dicts only; no
 arbitrary pickled objects)::
 
-    format       "stemstream-separator", version 1
-    model_config ModelConfig.to_dict()          model_name  preset name (e.g. "seed")
+    format       "stemstream-separator", version 2 (version 1 is read too)
+    model_config cfg.to_dict(): "kind" + that kind's fields   model_name  preset name (e.g. "seed")
     model        state dict of the bare model   optimizer   Adam state dict (or None)
     step         optimizer steps done           loss        loss name (e.g. "mae")
     spec         stream geometry: {"sample_rate", "target", "context", "stems", "dtype"}
     train_config TrainConfig.to_dict()          commit      git commit or "unknown"
 
 ``spec.context`` is what the stream sent per side; the model itself needs
-``required_context(model_config)``, which eval/separate should use.
+``required_context(model_config)``, which eval/separate should use. Version 1 held one flat
+config for wavenet and flatconv; ``config_from_dict`` converts it (same state-dict keys).
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from torch import nn
 
 from synth_server.protocol import BatchSpec, ProtocolError
 
-from .models import ModelConfig, build_model
+from .models import ArchConfig, build_model, config_from_dict
 
 FORMAT = "stemstream-separator"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
 LAST = "last.pt"
 _REQUIRED = ("model_config", "model", "step", "loss", "spec")
 
@@ -38,7 +40,7 @@ class LoadedCheckpoint:
     """A validated checkpoint: typed ``model_config`` and ``spec``, the raw dict in ``data``."""
 
     path: Path
-    model_config: ModelConfig
+    model_config: ArchConfig
     spec: BatchSpec
     step: int
     loss: str
@@ -46,7 +48,7 @@ class LoadedCheckpoint:
 
 
 def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, *, step: int,
-                    model_config: ModelConfig, model_name: str, loss: str, spec: BatchSpec,
+                    model_config: ArchConfig, model_name: str, loss: str, spec: BatchSpec,
                     train_config: dict | None = None, commit: str = "unknown") -> dict:
     """The checkpoint dict of a bare (not compiled, not DDP-wrapped) ``model``."""
     return {
@@ -115,13 +117,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Loa
         raise ValueError(f"cannot read checkpoint {path}: {str(exc)[:300]}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a stemstream separator checkpoint")
-    if data.get("version") != VERSION:
-        raise ValueError(f"{path} has checkpoint version {data.get('version')!r}; this code reads {VERSION}")
+    if data.get("version") not in READABLE:
+        raise ValueError(f"{path} has checkpoint version {data.get('version')!r}; this code reads {READABLE}")
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {missing}")
     try:
-        model_config = ModelConfig.from_dict(data["model_config"])
+        model_config = config_from_dict(data["model_config"])
         spec = BatchSpec.from_header(data["spec"])
     except (TypeError, ValueError, ProtocolError) as exc:
         raise ValueError(f"checkpoint {path} has a bad model config or spec: {exc}") from None
@@ -136,17 +138,20 @@ def load_separator(path: Path, device: str | torch.device = "cpu") -> tuple[nn.M
     return model.to(device).eval(), ckpt
 
 
-def config_mismatch(saved: ModelConfig, current: ModelConfig) -> list[str]:
-    """``"field: saved -> current"`` for every model config field that differs."""
+def config_mismatch(saved: ArchConfig, current: ArchConfig) -> list[str]:
+    """``"field: saved -> current"`` for every model config field that differs (just ``kind``
+    when the architectures differ)."""
     a, b = saved.to_dict(), current.to_dict()
+    if a["kind"] != b["kind"]:
+        return [f"kind: {a['kind']!r} -> {b['kind']!r}"]
     return [f"{key}: {a[key]!r} -> {b[key]!r}" for key in a if a[key] != b[key]]
 
 
-def check_resume(ckpt: LoadedCheckpoint, current: ModelConfig, model_name: str) -> None:
+def check_resume(ckpt: LoadedCheckpoint, current: ArchConfig, model_name: str) -> None:
     """ValueError naming the differing fields when ``current`` is not the checkpoint's model."""
     diff = config_mismatch(ckpt.model_config, current)
     if diff:
-        saved = ckpt.data.get("model_name", ckpt.model_config.kind)
+        saved = ckpt.data.get("model_name", ckpt.model_config.KIND)
         raise ValueError(
             f"cannot resume from {ckpt.path}: it holds model {saved!r}, this run builds "
             f"{model_name!r} and the configs differ ({'; '.join(diff)}); use the same --model "

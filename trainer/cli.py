@@ -1,4 +1,4 @@
-"""`trainer` command line: train (from a synth-server stream), eval, separate.
+"""`trainer` command line: train (from a synth-server stream), eval, separate, models.
 
 Flags are parsed once into the typed configs of ``trainer.config``; torchrun's RANK /
 WORLD_SIZE / LOCAL_RANK are read here and nowhere else. Exit codes: 0 ok, 1 training failed
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .config import AMP_MODES, COMPILE_MODES, DEVICES, DistConfig, EvalConfig, SeparateConfig, TrainConfig
 from .losses import LOSSES
-from .models import PRESETS
+from .models import PRESETS, load_model_config
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_STREAM, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -74,7 +74,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         log_every=args.log_every, audio_every=args.audio_every, stats_every=args.stats_every,
         prefetch=args.prefetch, timeout=args.timeout, give_up=args.give_up,
         torch_threads=args.torch_threads, compile=args.compile, amp=args.amp, seed=args.seed,
-        curve_keys=args.curve_keys)
+        curve_keys=args.curve_keys,
+        model_config=None if args.model_config is None else load_model_config(args.model, args.model_config))
 
 
 def _on_signals(stop: threading.Event) -> None:
@@ -144,6 +145,42 @@ def cmd_separate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_table(names: list[str], model_file: Path | None, flops: bool) -> list[str]:
+    """One line per preset (or the --model-config result): kind, parameters, context, receptive
+    field or "whole window", FLOPs per output second."""
+    from .models.profile import model_figures
+
+    head = f"{'preset':<16}{'kind':<10}{'params':>12}{'context':>9}{'receptive field':>17}{'GFLOP/s out':>13}"
+    lines = [head]
+    for name in names:
+        cfg = load_model_config(name, model_file)
+        label = name if model_file is None else f"{name}+{model_file.name}"
+        f = model_figures(cfg, flops=flops)
+        if f.receptive_field is not None:
+            seen = f"{f.receptive_field}"
+        else:
+            seen = "window" if cfg.KIND != "demucs" else "segment"
+        rate = f"{f.flops_per_s / 1e9:.2f}" if flops else "-"
+        lines.append(f"{label:<16}{cfg.KIND:<10}{f.params:>12,}{f.context:>9}{seen:>17}{rate:>13}")
+    return lines
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    names = args.names or list(PRESETS)
+    try:
+        unknown = [n for n in names if n not in PRESETS]
+        if unknown:
+            raise ValueError(f"unknown model presets {unknown}; choose from {sorted(PRESETS)}")
+        for line in _models_table(names, args.model_config, not args.no_flops):
+            print(line, flush=True)
+    except ValueError as exc:
+        return _error(str(exc))
+    print("context: samples per side the stream must send; receptive field: input samples one output "
+          "sample sees (window/segment: the model sees its whole input and pads its edges itself); "
+          "GFLOP/s out: forward FLOPs per second of output at 44.1 kHz (1 s windows, FFTs not counted)")
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -158,7 +195,9 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a separator from a synth-server stream")
     p.add_argument("--connect", required=True, help="broker address, e.g. tcp://127.0.0.1:5555")
     p.add_argument("--run-dir", required=True, type=Path, help="checkpoints, metrics.jsonl, config.json, tb/")
-    p.add_argument("--model", default="seed", choices=sorted(PRESETS))
+    p.add_argument("--model", default="seed", choices=sorted(PRESETS), help="preset (see `trainer models`)")
+    p.add_argument("--model-config", type=Path, default=None, metavar="FILE.toml",
+                   help="set any field of the model config (and optionally kind or preset) on top of --model")
     p.add_argument("--loss", default="mae", choices=sorted(LOSSES))
     p.add_argument("--batch-size", type=_positive, default=12)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -211,12 +250,22 @@ def _add_separate(sub) -> None:
     p.set_defaults(func=cmd_separate)
 
 
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list model presets: parameters, context, receptive field, FLOPs")
+    p.add_argument("names", nargs="*", help="presets to show (default: all)")
+    p.add_argument("--model-config", type=Path, default=None, metavar="FILE.toml",
+                   help="show the presets with this file's fields set")
+    p.add_argument("--no-flops", action="store_true", help="skip building the models (fast)")
+    p.set_defaults(func=cmd_models)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainer", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
     _add_separate(sub)
+    _add_models(sub)
     return parser
 
 

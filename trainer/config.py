@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .losses import LOSSES
-from .models import PRESETS
+from .models import PRESETS, ArchConfig, preset
 
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("auto", "on", "off")
@@ -32,6 +32,7 @@ class TrainConfig:
     ``last.pt``; ``stats_every`` asks the server for its stats (R) every that many steps
     (0: never). ``timeout``: seconds of stream silence before the client reconnects;
     ``give_up``: seconds without any batch before training saves a checkpoint and stops.
+    ``model_config``: the architecture when ``--model-config`` set fields on the ``model`` preset.
     """
 
     connect: str
@@ -59,6 +60,7 @@ class TrainConfig:
     amp: str = "auto"
     seed: int = 0
     curve_keys: Path | None = None
+    model_config: ArchConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.connect.startswith("tcp://") or ":" not in self.connect[6:]:
@@ -93,9 +95,14 @@ class TrainConfig:
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"--torch-threads must be >= 1, got {self.torch_threads}")
 
+    def architecture(self) -> ArchConfig:
+        """The model config to build: ``model_config`` (from --model-config) or the preset."""
+        return self.model_config if self.model_config is not None else preset(self.model)
+
     def to_dict(self) -> dict:
         """JSON-ready dict (paths as strings, tuples as lists)."""
         out = asdict(self)
+        out["model_config"] = None if self.model_config is None else self.model_config.to_dict()
         for key, value in out.items():
             if isinstance(value, Path):
                 out[key] = str(value)

@@ -3,8 +3,10 @@
 The file is read with soundfile (WAV, FLAC, OGG, ...), downmixed to mono and resampled to the
 model's rate when needed (a notice is logged), then cut into windows of ``window`` target
 samples. Each window is fed with the model's ``context`` real samples on each side (zeros only
-beyond the ends of the file) and the model returns exactly its target region, so the windows
-concatenate with no overlap, gap or seam. The stems are resampled back to the file's rate and
+beyond the ends of the file) and the model returns exactly its target region. For exact models
+(valid convolutions) the windows concatenate with no overlap, gap or seam; padded models (STFT,
+LSTM, Demucs) get overlapping windows cross-faded (overlap-add). ``separate_waveform`` is the one
+inference function; eval uses it too. The stems are resampled back to the file's rate and
 written as ``OUT/<stem>.wav`` (float WAV, the input's length).
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .config import SeparateConfig, resolve_device
 log = logging.getLogger(__name__)
 
 INFER_BATCH = 4                # windows per forward pass
+OVERLAP = 0.25                 # overlap-add share of a window (padded models), as Demucs' apply_model
 
 
 def resample(x: np.ndarray, src: int, dst: int, length: int | None = None) -> np.ndarray:
@@ -63,31 +66,53 @@ def read_mono(path: Path) -> tuple[np.ndarray, int, int]:
     return data.mean(axis=1), int(rate), data.shape[1]
 
 
+def inference_window(model: nn.Module, window: int) -> int:
+    """Target samples per model call: ``window`` rounded down to a multiple of the model's
+    ``stride`` (seamless windows for exact models) and capped by its ``max_input``."""
+    ctx, stride = int(model.context), int(getattr(model, "stride", 1))
+    limit = getattr(model, "max_input", None)
+    if limit is not None:
+        window = min(window, limit - 2 * ctx)
+    return max(stride, window - window % stride)
+
+
 def separate_waveform(model: nn.Module, mono: np.ndarray, window: int, device: torch.device,
                       batch: int = INFER_BATCH) -> np.ndarray:
     """Separate a whole signal: mono (time,) -> stems (stems, time) float32.
 
-    Windows of ``min(window, time)`` target samples tile the signal (the last one runs past the
-    end into zeros and is cropped); each is fed ``model.context`` samples of real signal on both
-    sides, zeros only beyond the signal's ends. ``model(x, target)`` must map
-    (batch, 1, target + 2*context) -> (batch, stems, target).
+    Windows of ``win = min(inference_window(model, window), time)`` target samples tile the
+    signal; each is fed ``model.context`` samples of real signal on both sides (zeros only
+    beyond the signal's ends); ``model(x, target)`` must map (batch, 1, target + 2*context) ->
+    (batch, stems, target). Exact models (``model.exact``, the default) get disjoint windows
+    that concatenate with no seam. Padded models get windows overlapping by ``OVERLAP`` of
+    their length, cross-faded with linear ramps (overlap-add, weights normalised to sum 1).
     """
     if window < 1:
         raise ValueError(f"window must be >= 1 target sample, got {window}")
     n, ctx = len(mono), int(model.context)
-    win = min(window, n)
-    count = ceil(n / win)
-    padded = torch.zeros(ctx + count * win + ctx, dtype=torch.float32)
+    win = min(inference_window(model, window), n)
+    overlap = 0 if getattr(model, "exact", True) else int(win * OVERLAP)
+    hop = win - overlap
+    count = max(1, ceil((n - overlap) / hop))
+    total = (count - 1) * hop + win                         # >= n
+    padded = torch.zeros(ctx + total + ctx, dtype=torch.float32)
     padded[ctx:ctx + n] = torch.from_numpy(np.asarray(mono, np.float32))
-    frames = padded.unfold(0, win + 2 * ctx, win)           # (count, win + 2*ctx), stride win
-    outs = []
+    frames = padded.unfold(0, win + 2 * ctx, hop)           # (count, win + 2*ctx), stride hop
+    weight = torch.ones(win)
+    if overlap:
+        ramp = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
+        weight[:overlap], weight[-overlap:] = ramp, ramp.flip(0)
+    out, norm = None, torch.zeros(total)
     with torch.no_grad():
         for a in range(0, count, batch):
             x = frames[a:a + batch].unsqueeze(1).to(device)  # (b, 1, win + 2*ctx)
-            outs.append(model(x, win).float().cpu())         # (b, stems, win)
-    est = torch.cat(outs)                                    # (count, stems, win)
-    stems = est.permute(1, 0, 2).reshape(est.shape[1], count * win)[:, :n]
-    return stems.numpy()
+            est = model(x, win).float().cpu()                # (b, stems, win)
+            if out is None:
+                out = torch.zeros(est.shape[1], total)
+            for k, item in enumerate(est, start=a):
+                out[:, k * hop:k * hop + win] += item * weight
+                norm[k * hop:k * hop + win] += weight
+    return (out / norm)[:, :n].numpy()
 
 
 def write_stems(out: Path, stems: np.ndarray, names: list[str], rate: int) -> list[Path]:

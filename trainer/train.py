@@ -9,7 +9,6 @@ device as the sum of the (remixed) stems; the model maps ``(batch, 1, window)`` 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ from .config import DistConfig, TrainConfig, resolve_amp, resolve_compile, resol
 from .data import stems_to_torch
 from .logging_utils import RunLogger, git_commit, write_run_files
 from .losses import LossFn, get_loss
-from .models import build_model, check_context, count_parameters, preset, receptive_field, required_context
+from .models import build_model, check_context, count_parameters, probe_model, receptive_field, required_context
 
 log = logging.getLogger(__name__)
 
@@ -166,16 +165,17 @@ class _Run:
         """Model (stems from the spec), optimizer, resume state, wrappers, step runner."""
         cfg = self.cfg
         self.spec = spec
-        model_cfg = dataclasses.replace(preset(cfg.model), stems=len(spec.stems))
-        check_context(model_cfg, spec.context, model_name=cfg.model, flag="--context")
+        model_cfg = cfg.architecture().for_stream(spec.sample_rate, spec.window, len(spec.stems))
+        check_context(model_cfg, spec.context, model_name=self.model_name, flag="--context")
         if cfg.stem_weights is not None and len(cfg.stem_weights) != len(spec.stems):
             raise ValueError(f"--stem-weights has {len(cfg.stem_weights)} values; the stream has "
                              f"{len(spec.stems)} stems {list(spec.stems)}")
         if self.resume is not None:
-            check_resume(self.resume, model_cfg, cfg.model)
+            check_resume(self.resume, model_cfg, self.model_name)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.model = build_model(model_cfg).to(self.device)
+        probe_model(self.model, spec.window, spec.target, self.model_name)
         self.model_cfg = model_cfg
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=fused)
@@ -218,10 +218,18 @@ class _Run:
         seed = np.random.SeedSequence([self.cfg.seed, self.dist.rank, self.step]).generate_state(1)[0]
         return torch.Generator(device=self.device).manual_seed(int(seed))
 
+    @property
+    def model_name(self) -> str:
+        """The preset name, or ``<kind>+config`` when --model-config set the architecture."""
+        custom = self.cfg.model_config
+        return self.cfg.model if custom is None else f"{custom.KIND}+config"
+
     def describe(self) -> str:
-        rf = receptive_field(self.model_cfg)
-        return (f"model {self.cfg.model}: {count_parameters(self.model):,} parameters, receptive field "
-                f"{rf} samples ({rf / self.spec.sample_rate * 1000:.1f} ms, context {required_context(self.model_cfg)}"
+        rf, sr = receptive_field(self.model_cfg), self.spec.sample_rate
+        seen = (f"receptive field {rf} samples ({rf / sr * 1000:.1f} ms)" if rf is not None
+                else f"sees the whole {self.spec.window}-sample window ({self.spec.window / sr:.2f} s)")
+        return (f"model {self.model_name} ({self.model_cfg.KIND}): {count_parameters(self.model):,} parameters, "
+                f"{seen}, context {required_context(self.model_cfg)}"
                 f" per side; stream sends {self.spec.context}); stems {list(self.spec.stems)}; device "
                 f"{self.device}, amp {self.amp or 'off'}, compile {'on' if self.compile else 'off'}, "
                 f"{torch.get_num_threads()} CPU threads, {self.dist.world_size} process(es)")
@@ -230,7 +238,7 @@ class _Run:
         """Checkpoint of the current step (rank 0 only; no-op when already saved)."""
         if self.dist.is_main and self.saved_step != self.step:
             ckpt = make_checkpoint(self.model, self.optimizer, step=self.step, model_config=self.model_cfg,
-                                   model_name=self.cfg.model, loss=self.cfg.loss, spec=self.spec,
+                                   model_name=self.model_name, loss=self.cfg.loss, spec=self.spec,
                                    train_config=self.cfg.to_dict(), commit=self.commit)
             self.last_saved = self.manager.save(ckpt)
             self.saved_step = self.step

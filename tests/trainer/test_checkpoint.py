@@ -105,3 +105,44 @@ def test_resume_starts_fresh_then_continues_and_plain_run_refuses_a_used_dir(tmp
     with pytest.raises(ValueError, match="pass --resume"):
         _Run(cfg, DistConfig(), print)
     assert _Run(dataclasses.replace(cfg, resume=True), DistConfig(), print).resume.step == 5
+
+
+TINY_KINDS = ["tiny", "waveunet-tiny", "resunet-tiny", "specunet-tiny", "openunmix-tiny", "htdemucs-tiny",
+              "hdemucs-tiny"]
+
+
+@pytest.mark.parametrize("name", TINY_KINDS)
+def test_every_kind_round_trips_through_a_checkpoint(tmp_path, name):
+    cfg = preset(name).for_stream(SPEC.sample_rate, 4096 + 2 * preset(name).context(), 4)
+    spec = BatchSpec(44100, 4096, cfg.context(), SPEC.stems, "float16")
+    torch.manual_seed(0)
+    try:
+        model = build_model(cfg).eval()
+    except ValueError as exc:                     # optional package missing
+        pytest.skip(str(exc))
+    CheckpointManager(tmp_path).save(make_checkpoint(model, None, step=1, model_config=cfg, model_name=name,
+                                                     loss="mae", spec=spec))
+    loaded, ckpt = load_separator(tmp_path / "last.pt")
+    assert ckpt.model_config == cfg and type(loaded) is type(model)
+    x = torch.randn(1, 1, spec.window) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, spec.target), model(x, spec.target), rtol=0, atol=0)
+
+
+def test_version_1_checkpoint_still_loads(tmp_path):
+    """A checkpoint written before the per-kind configs: flat model config, version 1."""
+    model, opt = trained_tiny()
+    old = checkpoint_of(model, opt)
+    old["version"] = 1
+    old["model_config"] = {"kind": "wavenet", "stems": 4, "stacks": 2, "blocks": 4, "channels": 16, "kernel": 3,
+                           "head": [32, 32], "gated": False, "input_kernel": 3, "head_kernel": 3,
+                           "flat_layers": 4, "flat_kernel": 65, "flat_channels": 64, "flat_skip": True}
+    torch.save(old, tmp_path / "v1.pt")
+    loaded, ckpt = load_separator(tmp_path / "v1.pt")
+    assert ckpt.model_config == preset("tiny")
+    x = torch.randn(2, 1, SPEC.window)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, SPEC.target), model(x, SPEC.target))
+    check_resume(ckpt, preset("tiny"), "tiny")
+    with pytest.raises(ValueError, match=r"kind: 'wavenet' -> 'flatconv'"):
+        check_resume(ckpt, preset("flatconv"), "flatconv")

@@ -143,3 +143,74 @@ def test_resample_removes_what_would_alias_and_keeps_dc():
     assert 10 * np.log10(np.mean(y[2000:-2000] ** 2) / np.mean(tone ** 2)) < -60
     np.testing.assert_allclose(resample(np.ones(3000), 44100, 22050)[200:-200], 1.0, atol=1e-6)
     assert len(resample(np.ones(1000), 48000, 44100, length=917)) == 917
+
+
+class PaddedCropModel(CropModel):
+    """The stand-in as a padded model: separate must overlap-add its windows."""
+
+    exact = False
+
+
+@pytest.mark.parametrize("n", [1, 700, 1000, 2500, 9 * 1000 + 300])
+def test_overlap_add_weights_sum_to_one_across_window_boundaries(n):
+    signal = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    stems = separate_waveform(PaddedCropModel(context=37), signal, 1000, CPU, batch=3)
+    assert stems.shape == (3, n)
+    np.testing.assert_allclose(stems[2], 2.0 * signal, rtol=1e-5, atol=1e-6)
+
+
+class CountingModel(PaddedCropModel):
+    """Records the input length of every call."""
+
+    def __init__(self, context, max_input=None):
+        super().__init__(context)
+        self.max_input, self.calls = max_input, []
+
+    def forward(self, x, target):
+        self.calls.append(x.shape[-1])
+        return super().forward(x, target)
+
+
+def test_padded_windows_overlap_by_a_quarter_and_respect_max_input():
+    model = CountingModel(context=0, max_input=600)
+    separate_waveform(model, np.zeros(3000, np.float32), 1000, CPU, batch=1)
+    assert set(model.calls) == {600}                 # capped at the training segment
+    assert len(model.calls) == int(np.ceil((3000 - 150) / 450))    # hop = 600 - 600 // 4
+
+
+@pytest.mark.parametrize("name", ["waveunet-tiny", "resunet-tiny"])
+def test_u_net_windows_match_one_pass(name):
+    """Exact U-Nets: windows on the model's stride grid stitch to one pass over the whole signal
+    (the window asked for, 1000, is rounded down to a multiple of the stride)."""
+    torch.manual_seed(0)
+    model = build_model(preset(name)).eval()
+    n, ctx = 2600, model.context
+    signal = np.random.default_rng(0).standard_normal(n).astype(np.float32) * 0.1
+    stitched = separate_waveform(model, signal, 1000, CPU, batch=2)
+    padded = torch.nn.functional.pad(torch.from_numpy(signal), (ctx, ctx + 2 * model.stride)).view(1, 1, -1)
+    with torch.no_grad():
+        whole = model(padded[..., :n + 2 * ctx + 2 * model.stride], n + 2 * model.stride)[0, :, :n].numpy()
+    assert stitched.shape == whole.shape == (4, n)
+    np.testing.assert_allclose(stitched, whole, rtol=0, atol=1e-5 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize("name", ["waveunet-tiny", "resunet-tiny", "specunet-tiny", "openunmix-tiny",
+                                  "htdemucs-tiny", "hdemucs-tiny"])
+def test_separate_keeps_the_input_length_for_every_kind(tmp_path, name):
+    torch.manual_seed(0)
+    target = 3000
+    cfg = preset(name).for_stream(44100, target + 2 * preset(name).context(), 4)
+    try:
+        model = build_model(cfg)
+    except ValueError as exc:                     # optional package missing
+        pytest.skip(str(exc))
+    spec = BatchSpec(44100, target, cfg.context(), tuple(STEMS), "float16")
+    torch.save(make_checkpoint(model, None, step=1, model_config=cfg, model_name=name, loss="mae", spec=spec),
+               tmp_path / "c.pt")
+    n = 7777
+    wav = tmp_path / "in.wav"
+    sf.write(wav, np.random.default_rng(1).uniform(-0.3, 0.3, n).astype(np.float32), 44100)
+    paths = run_separate(SeparateConfig(checkpoint=tmp_path / "c.pt", input=wav, out=tmp_path / "o", window=4000))
+    for p in paths:
+        data, rate = sf.read(p)
+        assert rate == 44100 and data.shape == (n,) and np.all(np.isfinite(data))

@@ -189,3 +189,41 @@ def test_config_dataclasses_are_frozen(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.steps = 3
     assert isinstance(cfg.run_dir, Path)
+
+
+def _run_for(tmp_path, model="tiny", model_config=None):
+    from trainer.train import _Run
+
+    cfg = TrainConfig(connect="tcp://127.0.0.1:1", run_dir=tmp_path, model=model, device="cpu",
+                      model_config=model_config)
+    return _Run(cfg, DistConfig(), lambda _m: None)
+
+
+def test_model_config_file_reaches_the_built_model(tmp_path):
+    from synth_server.protocol import BatchSpec
+
+    f = tmp_path / "m.toml"
+    f.write_text('preset = "waveunet-tiny"\ngrowth = 4\n')
+    args = build_parser().parse_args(["train", "--connect", "tcp://a:1", "--run-dir", str(tmp_path / "r"),
+                                      "--model-config", str(f)])
+    cfg = train_config(args)
+    assert cfg.architecture().KIND == "waveunet" and cfg.architecture().growth == 4
+    assert json.loads(json.dumps(cfg.to_dict()))["model_config"]["kind"] == "waveunet"
+    run = _run_for(tmp_path / "r", model_config=cfg.model_config)
+    run.build(BatchSpec(44100, 1000, 300, ("a", "b", "c"), "float16"))
+    assert run.model_cfg.stems == 3 and run.model.down[0].out_channels == 4
+    assert "waveunet" in run.describe() and run.model_name == "waveunet+config"
+
+
+def test_start_checks_context_segment_and_a_probe_forward(tmp_path):
+    from synth_server.protocol import BatchSpec
+
+    with pytest.raises(ValueError, match=r"stream context 100 < 262 needed by model 'waveunet-tiny'"):
+        _run_for(tmp_path, "waveunet-tiny").build(BatchSpec(44100, 1000, 100, ("a", "b"), "float16"))
+    run = _run_for(tmp_path, "htdemucs-tiny")
+    run.build(BatchSpec(22050, 6000, 0, ("a", "b"), "float16"))
+    assert (run.model_cfg.segment, run.model_cfg.sample_rate, run.model.max_input) == (6000, 22050, 6000)
+    assert "sees the whole 6000-sample window" in run.describe()
+    bad = preset("hdemucs-tiny").__class__(variant="hdemucs", channels=4, depth=3, nfft=1024)
+    with pytest.raises(ValueError, match="cannot take the stream's window of 6000 samples"):
+        _run_for(tmp_path, "hdemucs-tiny", model_config=bad).build(BatchSpec(44100, 6000, 0, ("a", "b"), "float16"))

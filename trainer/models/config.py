@@ -1,108 +1,146 @@
-"""Separator architectures as data: ``ModelConfig``, the presets, receptive field and context.
+"""Separator architectures as data: one config dataclass per kind, the presets, and the context rule.
 
-Checkpoints carry a ``ModelConfig`` (``to_dict``); ``build_model`` turns one into a module.
+A model config is one of the ``*Config`` dataclasses (each in its architecture's file, each with
+``stems``); ``to_dict()`` adds its ``kind``. Checkpoints carry that dict; ``config_from_dict``
+reads it back, including the flat ``ModelConfig`` dicts of version-1 checkpoints (wavenet and
+flatconv fields side by side). ``--model NAME`` picks a preset, ``--model-config FILE.toml``
+sets fields on top of it (``apply_overrides``).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import tomllib
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Union
 
-KINDS = ("wavenet", "flatconv")
+from trainer.models.base import ArchConfig
+from trainer.models.demucs_models import DemucsConfig
+from trainer.models.flatconv import FlatConvConfig
+from trainer.models.resunet import ResUNetConfig
+from trainer.models.specunet import SpecUNetConfig
+from trainer.models.umx import UMXConfig
+from trainer.models.waveunet import WaveUNetConfig
+from trainer.models.wavenet import WaveNetConfig
 
+ModelConfig = Union[WaveNetConfig, FlatConvConfig, WaveUNetConfig, ResUNetConfig, SpecUNetConfig,
+                    UMXConfig, DemucsConfig]
+CONFIGS: dict[str, type[ArchConfig]] = {c.KIND: c for c in (
+    WaveNetConfig, FlatConvConfig, WaveUNetConfig, ResUNetConfig, SpecUNetConfig, UMXConfig, DemucsConfig)}
+KINDS = tuple(CONFIGS)
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a separator; checkpoints carry it as ``to_dict()``.
-
-    WaveNet fields: ``stacks`` x ``blocks`` residual blocks of ``channels`` channels, dilated
-    convs of width ``kernel`` with dilations 1, 2, ..., 2**(blocks-1) in each stack; ``gated``
-    selects tanh*sigmoid units instead of ReLU; ``input_kernel`` is the width of the 1 -> channels
-    input conv; ``head`` are the hidden widths of the output head (convs of width ``head_kernel``),
-    followed by a 1x1 conv to ``stems`` waveforms.
-    FlatConv fields: ``flat_layers`` convs of width ``flat_kernel`` with ``flat_channels``
-    channels, ReLU between them (the last layer is linear, ``stems`` outputs); ``flat_skip``
-    adds the (cropped) layer input to the hidden layers whose shapes match.
-    """
-
-    kind: str = "wavenet"
-    stems: int = 4
-    stacks: int = 4
-    blocks: int = 10
-    channels: int = 128
-    kernel: int = 3
-    head: tuple[int, ...] = (512, 256)
-    gated: bool = False
-    input_kernel: int = 3
-    head_kernel: int = 3
-    flat_layers: int = 4
-    flat_kernel: int = 65
-    flat_channels: int = 64
-    flat_skip: bool = True
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown model kind {self.kind!r}; expected one of {KINDS}")
-        object.__setattr__(self, "head", tuple(int(h) for h in self.head))
-        positive = ("stems", "stacks", "blocks", "channels", "flat_layers", "flat_channels")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"model config {name} must be >= 1, got {getattr(self, name)}")
-        if any(h < 1 for h in self.head):
-            raise ValueError(f"model config head widths must be >= 1, got {self.head}")
-        for name in ("kernel", "input_kernel", "head_kernel", "flat_kernel"):
-            k = int(getattr(self, name))
-            if k < 1 or k % 2 == 0:
-                raise ValueError(f"model config {name} must be a positive odd number, got {k}")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (``head`` as a list)."""
-        out = asdict(self)
-        out["head"] = list(self.head)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        """Inverse of ``to_dict``; unknown keys raise ValueError naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-
-PRESETS: dict[str, ModelConfig] = {
-    "seed": ModelConfig(),
-    "tiny": ModelConfig(stacks=2, blocks=4, channels=16, head=(32, 32)),
-    "flatconv": ModelConfig(kind="flatconv"),
+PRESETS: dict[str, ArchConfig] = {
+    # WaveNet (the seed model) and the FlatConv baseline
+    "seed": WaveNetConfig(),
+    "tiny": WaveNetConfig(stacks=2, blocks=4, channels=16, head=(32, 32)),
+    "flatconv": FlatConvConfig(),
+    "flatconv-tiny": FlatConvConfig(kernel=33, channels=16),
+    # Wave-U-Net: the paper's 12 levels need --context 69622; 7 levels fit the default stream
+    "waveunet": WaveUNetConfig(),
+    "waveunet-7": WaveUNetConfig(levels=7),
+    "waveunet-tiny": WaveUNetConfig(levels=4, growth=8),
+    # Res-U-Net: x2 down-sampling, x1.5 channels per level
+    "resunet": ResUNetConfig(),
+    "resunet-tiny": ResUNetConfig(levels=4, channels=8, kernel=5),
+    # spectrogram U-Net predicting one soft mask per stem
+    "specunet": SpecUNetConfig(),
+    "specunet-tiny": SpecUNetConfig(levels=3, channels=8, dropout=0.0),
+    # Open-Unmix (the package's model; UMX's published size)
+    "openunmix": UMXConfig(),
+    "openunmix-tiny": UMXConfig(n_fft=1024, hop=256, hidden=64, layers=1),
+    # Demucs (the package's models); the segment comes from the stream
+    "htdemucs": DemucsConfig(),
+    "htdemucs-tiny": DemucsConfig(channels=8, depth=4, nfft=1024, t_layers=1, t_heads=2),
+    "hdemucs": DemucsConfig(variant="hdemucs", depth=6),
+    "hdemucs-tiny": DemucsConfig(variant="hdemucs", channels=8, depth=5, nfft=1024),
 }
 
 
-def preset(name: str) -> ModelConfig:
+def preset(name: str) -> ArchConfig:
     """The named preset config; ValueError listing the presets for an unknown name."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
 
 
-def receptive_field(cfg: ModelConfig) -> int:
-    """Input samples that one output sample sees (odd, centred on the output sample).
+# version-1 checkpoints: one flat dataclass for both kinds; flatconv fields had a flat_ prefix
+_LEGACY_FLAT = {"flat_layers": "layers", "flat_kernel": "kernel", "flat_channels": "channels", "flat_skip": "skip"}
 
-    WaveNet: 1 + (input_kernel-1) + (kernel-1)*stacks*(2**blocks - 1) + (head_kernel-1)*len(head)
-    (= 8191 for the seed preset). FlatConv: 1 + flat_layers*(flat_kernel-1).
+
+def _from_legacy(data: dict) -> dict:
+    kind = data.get("kind", "wavenet")
+    if kind == "flatconv":
+        return {"kind": kind, "stems": data.get("stems", 4),
+                **{new: data[old] for old, new in _LEGACY_FLAT.items() if old in data}}
+    return {key: value for key, value in data.items() if key not in _LEGACY_FLAT}
+
+
+def config_from_dict(data: dict) -> ArchConfig:
+    """Inverse of ``to_dict`` (also reads version-1 flat dicts); ValueError naming unknown kinds
+    or keys."""
+    data = dict(data)
+    if any(key in data for key in _LEGACY_FLAT):
+        data = _from_legacy(data)
+    kind = data.pop("kind", "wavenet")
+    if kind not in CONFIGS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {list(KINDS)}")
+    cls = CONFIGS[kind]
+    _check_keys(cls, data)
+    return cls(**data)
+
+
+def _check_keys(cls: type[ArchConfig], data: dict) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.KIND} config keys {unknown}; known: {sorted(known)}")
+
+
+def apply_overrides(base: ArchConfig, overrides: dict) -> ArchConfig:
+    """``base`` with the fields in ``overrides`` set. ``overrides["preset"]`` replaces ``base``
+    by that preset first; a different ``overrides["kind"]`` starts from that kind's defaults."""
+    overrides = dict(overrides)
+    if "preset" in overrides:
+        base = preset(str(overrides.pop("preset")))
+    kind = overrides.pop("kind", base.KIND)
+    if kind != base.KIND:
+        if kind not in CONFIGS:
+            raise ValueError(f"unknown model kind {kind!r}; expected one of {list(KINDS)}")
+        base = CONFIGS[kind]()
+    _check_keys(type(base), overrides)
+    return replace(base, **overrides)
+
+
+def load_model_config(name: str, path: Path | None) -> ArchConfig:
+    """Preset ``name`` with the fields of the TOML file ``path`` (when given) set on top.
+
+    The file holds top-level ``key = value`` lines: any field of the kind, and optionally
+    ``kind`` or ``preset`` to start elsewhere. ValueError for unreadable files or unknown keys.
     """
-    if cfg.kind == "flatconv":
-        return 1 + cfg.flat_layers * (cfg.flat_kernel - 1)
-    dilated = (cfg.kernel - 1) * cfg.stacks * (2**cfg.blocks - 1)
-    return 1 + (cfg.input_kernel - 1) + dilated + (cfg.head_kernel - 1) * len(cfg.head)
+    cfg = preset(name)
+    if path is None:
+        return cfg
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read model config {path}: {exc}") from None
+    try:
+        return apply_overrides(cfg, data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model config {path}: {exc}") from None
 
 
-def required_context(cfg: ModelConfig) -> int:
-    """Real input samples the model needs on each side of the target (= (receptive_field-1)//2)."""
-    return (receptive_field(cfg) - 1) // 2
+def receptive_field(cfg: ArchConfig) -> int | None:
+    """Input samples one output sample sees (odd, centred); None for models that see the whole input."""
+    return cfg.receptive_field()
 
 
-def check_context(
-    cfg: ModelConfig, context: int, *, model_name: str | None = None, flag: str = "--context"
-) -> None:
+def required_context(cfg: ArchConfig) -> int:
+    """Real input samples the model needs on each side of the target."""
+    return cfg.context()
+
+
+def check_context(cfg: ArchConfig, context: int, *, model_name: str | None = None,
+                  flag: str = "--context") -> None:
     """Raise ValueError when a stream's per-side ``context`` is too short for the model.
 
     ``flag`` is the server option the user must change; ``model_name`` (e.g. the preset name)
@@ -110,7 +148,7 @@ def check_context(
     """
     need = required_context(cfg)
     if context < need:
-        name = model_name or cfg.kind
+        name = model_name or cfg.KIND
         raise ValueError(
             f"stream context {context} < {need} needed by model {name!r}: restart the server with "
             f"{flag} {need} or more, or use a smaller model"

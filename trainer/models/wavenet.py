@@ -3,11 +3,49 @@ convolutions; residual and skip paths are centre-cropped to match, which is chea
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from trainer.models.base import Separator, centre_crop
-from trainer.models.config import ModelConfig
+from trainer.models.base import ArchConfig, ValidConvSeparator, centre_crop
+
+
+@dataclass(frozen=True)
+class WaveNetConfig(ArchConfig):
+    """``stacks`` x ``blocks`` residual blocks of ``channels`` channels, dilated convs of width
+    ``kernel`` with dilations 1, 2, ..., 2**(blocks-1) in each stack; ``gated`` selects
+    tanh*sigmoid units instead of ReLU; ``input_kernel`` is the width of the 1 -> channels input
+    conv; ``head`` are the hidden widths of the output head (convs of width ``head_kernel``),
+    followed by a 1x1 conv to ``stems`` waveforms.
+    """
+
+    KIND = "wavenet"
+    stacks: int = 4
+    blocks: int = 10
+    channels: int = 128
+    kernel: int = 3
+    head: tuple[int, ...] = (512, 256)
+    gated: bool = False
+    input_kernel: int = 3
+    head_kernel: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "head", tuple(int(h) for h in self.head))
+        self._positive("stacks", "blocks", "channels")
+        if any(h < 1 for h in self.head):
+            raise ValueError(f"wavenet config head widths must be >= 1, got {self.head}")
+        self._odd("kernel", "input_kernel", "head_kernel")
+
+    def receptive_field(self) -> int:
+        """1 + (input_kernel-1) + (kernel-1)*stacks*(2**blocks - 1) + (head_kernel-1)*len(head)
+        (= 8191 for the seed preset)."""
+        dilated = (self.kernel - 1) * self.stacks * (2**self.blocks - 1)
+        return 1 + (self.input_kernel - 1) + dilated + (self.head_kernel - 1) * len(self.head)
+
+    def context(self) -> int:
+        return (self.receptive_field() - 1) // 2
 
 
 class ResidualBlock(nn.Module):
@@ -44,10 +82,10 @@ class ResidualBlock(nn.Module):
         return centre_crop(x, self.trim) + self.residual(h), skip
 
 
-class WaveNetSeparator(Separator):
+class WaveNetSeparator(ValidConvSeparator):
     """Non-causal WaveNet: input conv, stacks of dilated residual blocks, summed skips, head."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: WaveNetConfig) -> None:
         super().__init__(cfg)
         k = cfg.channels
         self.input = nn.Conv1d(1, k, cfg.input_kernel)
