@@ -215,8 +215,9 @@ def _add_train(sub) -> None:
     p.add_argument("--stats-every", type=int, default=50, help="ask the server for stats (R) (0: never)")
     p.add_argument("--prefetch", type=_positive, default=4, help="batches requested ahead")
     p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds to wait for the welcome; stream silence before reconnecting")
-    p.add_argument("--give-up", type=float, default=600.0, help="seconds without a batch before stopping")
+                   help="seconds of stream silence before reconnecting")
+    p.add_argument("--give-up", type=float, default=600.0,
+                   help="seconds without a batch (or, at the start, without the welcome) before stopping")
     p.add_argument("--torch-threads", type=_positive, default=None, help="default: 1 on CPU, PyTorch's on CUDA")
     p.add_argument("--compile", default="auto", choices=COMPILE_MODES, help="torch.compile (auto: on CUDA)")
     p.add_argument("--amp", default="auto", choices=AMP_MODES, help="bf16 autocast (auto: on CUDA)")
