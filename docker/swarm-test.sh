@@ -114,7 +114,8 @@ wait_for() {
     say "waiting for $what"
     while [ $(( $(date +%s) - START )) -lt "$TIMEOUT_S" ]; do
         check_tasks
-        now=$(status_line)
+        update_status
+        now="remote workers alive: $WORKERS, trainer step: $STEP"
         [ "$now" != "$last" ] && say "$now" && last=$now
         "$cond" && return 0
         sleep 3
@@ -123,10 +124,9 @@ wait_for() {
 }
 
 WORKERS=- STEP=0
-status_line() {
+update_status() {
     WORKERS=$(remote_workers_alive)
     STEP=$(trainer_step); STEP=${STEP:-0}
-    echo "remote workers alive: $WORKERS, trainer step: $STEP"
 }
 three_workers() { [ "$WORKERS" = 3 ]; }
 one_worker() { [ "$WORKERS" = 1 ]; }
@@ -152,9 +152,24 @@ main() {
     say "building images (tag $TAG)"
     stack_env docker compose --project-directory "$ROOT" -f "$ROOT/compose.yaml" -f "$ROOT/compose.cpu.yaml" \
         build >/dev/null || fail "docker compose build failed"
+    local files=(-c "$ROOT/compose.yaml" -c "$ROOT/compose.cpu.yaml")
+    if [ ! -d /proc/sys/net/ipv4/vs ]; then
+        # No IPVS in this kernel (some sandboxes and VMs): Swarm's virtual IPs and its ingress
+        # routing mesh cannot work, so the broker gets DNS round-robin and host-mode ports.
+        say "no IPVS on this node: broker with endpoint_mode dnsrr and host-mode ports"
+        cat >"$TMP/no-ipvs.yaml" <<EOF
+services:
+  synth-server:
+    ports:
+      - {target: 5555, published: $BROKER_PORT, mode: host}
+      - {target: 9100, published: $METRICS_PORT, mode: host}
+    deploy:
+      endpoint_mode: dnsrr
+EOF
+        files+=(-c "$TMP/no-ipvs.yaml")
+    fi
     say "deploying"
-    stack_env docker stack deploy --detach=true -c "$ROOT/compose.yaml" -c "$ROOT/compose.cpu.yaml" "$STACK" \
-        || fail "docker stack deploy failed"
+    stack_env docker stack deploy --detach=true "${files[@]}" "$STACK" || fail "docker stack deploy failed"
 
     docker service scale --detach "${STACK}_synth-worker=3" >/dev/null || fail "scale to 3 failed"
     wait_for "3 remote workers in stats" three_workers
