@@ -76,24 +76,29 @@ def serve(spec: BatchSpec, capacity: int, ports: mp.Queue, stop: mp.Event) -> No
 
 
 def bare_sender(nbytes: int, ports: mp.Queue, stop: mp.Event) -> None:
-    """PUSH one preallocated ``nbytes`` frame again and again until ``stop``."""
+    """PUSH one preallocated ``nbytes`` frame again and again until ``stop``; then puts its
+    process CPU seconds per message sent."""
     buf = np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDTIMEO, 100)
     ports.put(sock.bind_to_random_port("tcp://127.0.0.1"))
+    sent, cpu = 0, time.process_time()
     while not stop.is_set():
         try:
             sock.send(buf, copy=False)
+            sent += 1
         except zmq.Again:
             pass
+    ports.put((time.process_time() - cpu) / max(sent, 1))
     sock.close()
     ctx.term()
 
 
-def bare_rate(nbytes: int, seconds: float) -> float:
-    """Bytes/s a bare PULL socket receives from ``bare_sender`` over TCP loopback."""
+def bare_rate(nbytes: int, seconds: float) -> dict:
+    """Bytes/s a bare PULL socket receives from ``bare_sender`` over TCP loopback, and the CPU
+    milliseconds per message of both sides (the sender's counts its whole run, warm-up included)."""
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
     sender = ctx.Process(target=bare_sender, args=(nbytes, ports, stop), daemon=True)
@@ -106,15 +111,18 @@ def bare_rate(nbytes: int, seconds: float) -> float:
         warm = time.perf_counter()
         while time.perf_counter() - warm < 1.0:
             sock.recv(copy=False)
-        got, start = 0, time.perf_counter()
+        got, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
             got += len(sock.recv(copy=False))
-        return got / (time.perf_counter() - start)
+        out = {"bytes_s": got / (time.perf_counter() - start),
+               "recv_cpu_ms": (time.process_time() - cpu) / (got / nbytes) * 1e3}
     finally:
         stop.set()
         sock.close()
         zctx.term()
-        sender.join(10)
+    out["send_cpu_ms"] = ports.get(timeout=30) * 1e3
+    sender.join(10)
+    return out
 
 
 def consume(client: StreamClient, seconds: float, to_torch: bool) -> tuple[int, float]:
@@ -185,21 +193,27 @@ def main() -> None:
     nbytes = args.batch_size * spec_chunk_bytes(spec)
     print(f"dtype {args.dtype}, batch {args.batch_size} ({nbytes / 1e6:.2f} MB), prefetch {args.prefetch}, "
           f"window {spec.window}, to_torch {args.to_torch}, {args.rounds} rounds of {args.seconds:g} s")
+    print("CPU ms are per batch-sized message, each process's threads together (ZeroMQ's I/O thread included)")
     print(f"{'round':>5} {'bare GB/s':>10} {'stream GB/s':>12} {'ratio':>6} {'chunks/s':>9} {'decode ms':>10} "
-          f"{'wait':>6} {'sender draw+encode ms':>22} {'sender CPU ms':>14} {'client CPU ms':>14}")
+          f"{'wait':>6} {'draw+encode ms':>15} {'CPU ms send/recv: bare':>23} {'stream':>13}")
     bare, rows = [], []
     for r in range(args.rounds):
         bare.append(bare_rate(nbytes, args.seconds))
         rows.append(stream_round(spec, args))
-        row = rows[-1]
-        print(f"{r + 1:5d} {bare[-1] / 1e9:10.2f} {row['bytes_s'] / 1e9:12.2f} {row['bytes_s'] / bare[-1]:6.2f} "
-              f"{row['chunks_s']:9.0f} {row['decode_ms']:10.3f} {row['wait']:6.1%} {row['sender_ms']:22.3f} "
-              f"{row['sender_cpu_ms']:14.3f} {row['client_cpu_ms']:14.3f}", flush=True)
+        row, b = rows[-1], bare[-1]
+        print(f"{r + 1:5d} {b['bytes_s'] / 1e9:10.2f} {row['bytes_s'] / 1e9:12.2f} {row['bytes_s'] / b['bytes_s']:6.2f} "
+              f"{row['chunks_s']:9.0f} {row['decode_ms']:10.3f} {row['wait']:6.1%} {row['sender_ms']:15.3f} "
+              f"{b['send_cpu_ms']:11.2f} / {b['recv_cpu_ms']:<9.2f} {row['sender_cpu_ms']:5.2f} / {row['client_cpu_ms']:<5.2f}",
+              flush=True)
     med = {k: float(np.median([row[k] for row in rows])) for k in rows[0]}
-    ratios = [row["bytes_s"] / b for row, b in zip(rows, bare)]
-    print(f"median: bare {np.median(bare) / 1e9:.2f} GB/s, stream {med['bytes_s'] / 1e9:.2f} GB/s "
+    bmed = {k: float(np.median([b[k] for b in bare])) for k in bare[0]}
+    ratios = [row["bytes_s"] / b["bytes_s"] for row, b in zip(rows, bare)]
+    print(f"median: bare {bmed['bytes_s'] / 1e9:.2f} GB/s, stream {med['bytes_s'] / 1e9:.2f} GB/s "
           f"({med['chunks_s']:.0f} chunks/s), stream/bare {np.median(ratios):.2f} (goal >= 0.8); "
           f"malformed {sum(row['malformed'] for row in rows)}")
+    bare_cpu, stream_cpu = bmed["send_cpu_ms"] + bmed["recv_cpu_ms"], med["sender_cpu_ms"] + med["client_cpu_ms"]
+    print(f"CPU per batch, both ends: bare {bare_cpu:.2f} ms, stream {stream_cpu:.2f} ms "
+          f"(bare/stream {bare_cpu / stream_cpu:.2f}: the stream/bare ratio to expect when the cores are the limit)")
     print(f"decode/batch {med['decode_ms']:.3f} ms wall in the I/O thread; "
           f"{isolated_decode_ms(spec, args.batch_size):.3f} ms CPU isolated (goal < 0.2 ms)")
 
