@@ -17,6 +17,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/docker/test-lib.sh"
 TIMEOUT_S=${SWARM_TIMEOUT_S:-900}
 STEPS=${SWARM_STEPS:-20}
 STACK="stemstream-swarm-$$"
@@ -72,12 +73,6 @@ cleanup() {
     exit "$rc"
 }
 
-fail() {
-    say "FAIL: $*"
-    show_logs
-    exit 1
-}
-
 # The running synth-server container of the stack (one replica), or nothing.
 server_container() {
     docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_synth-server" | head -1
@@ -88,17 +83,11 @@ remote_workers_alive() {
     local id
     id=$(server_container)
     [ -n "$id" ] || { echo -; return; }
-    docker exec "$id" sh -c 'synth-server stats --connect tcp://127.0.0.1:5555 --json --timeout 3 | python -c "
-import json, sys
-s = json.load(sys.stdin)
-print(sum(1 for w in s[\"workers\"][\"list\"] if not w[\"local\"]))"' 2>/dev/null || echo -
+    docker exec "$id" sh -c "$REMOTE_WORKERS_ALIVE" 2>/dev/null || echo -
 }
 
 # Highest step the trainer has logged in RUN_DIR/metrics.jsonl (one row every TRAIN_LOG_EVERY steps).
-trainer_step() {
-    [ -f "$RUN_DIR/metrics.jsonl" ] || { echo 0; return; }
-    grep -oE '"step": ?[0-9]+' "$RUN_DIR/metrics.jsonl" | grep -oE '[0-9]+$' | sort -n | tail -1
-}
+trainer_step() { logged_step "$RUN_DIR"; }
 
 # A task of the stack that failed (non-zero exit, or refused by the scheduler): fail fast.
 check_tasks() {
