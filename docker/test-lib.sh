@@ -17,5 +17,7 @@ print(sum(1 for w in s[\"workers\"][\"list\"] if not w[\"local\"]))"'
 # logged_step RUN_DIR: highest step the trainer has logged in RUN_DIR/metrics.jsonl (0 before any).
 logged_step() {
     [ -f "$1/metrics.jsonl" ] || { echo 0; return; }
-    grep -oE '"step": ?[0-9]+' "$1/metrics.jsonl" | grep -oE '[0-9]+$' | sort -n | tail -1
+    local step
+    step=$(grep -oE '"step": ?[0-9]+' "$1/metrics.jsonl" | grep -oE '[0-9]+$' | sort -n | tail -1) || true
+    echo "${step:-0}"   # a run that has logged no step yet (rows without one) counts as 0
 }
