@@ -37,6 +37,7 @@ bench: venv
 	$(PY) bench/synth.py
 	$(PY) bench/stream.py
 	$(PY) bench/stream_transport.py
+	$(PY) bench/broker_capacity.py
 	$(PY) bench/train.py
 	$(PY) bench/models.py
 

@@ -1,11 +1,14 @@
-"""Loopback transport benchmark: broker-side send loop from a pre-filled ReusePool -> StreamClient.
+"""Loopback transport benchmark: broker-side send loop from a pre-filled ReusePool -> StreamClient,
+against a bare ZeroMQ PUSH/PULL of the same bytes, measured alternately in one run.
 
-The sender runs in a subprocess (a ROUTER socket speaking the stream protocol, drawing batches
-from a full pool whose reuse limit is never reached); the StreamClient consumes in this process.
-Prints chunks/s, MB/s, client decode time per batch, consumer wait share and the sender's
-draw+encode time per batch. Goals: >= 20k chunks/s, decode < 0.2 ms per batch.
+The stream sender runs in a subprocess (a ROUTER socket speaking the stream protocol, drawing
+batches from a full pool whose reuse limit is never reached); the StreamClient consumes in this
+process. The bare sender pushes one preallocated batch-sized buffer again and again (copy=False:
+no gather, no header, no validation); a PULL socket here counts the bytes. Prints, per round and
+as the median, bytes/s of both and their ratio (goal >= 0.8), chunks/s, client decode time per
+batch, consumer wait share and the sender's draw+encode time per batch.
 
-    .venv/bin/python bench/stream_transport.py --seconds 5 --dtype float16
+    .venv/bin/python bench/stream_transport.py --seconds 5 --rounds 3 --dtype float16
 """
 from __future__ import annotations
 
@@ -72,6 +75,56 @@ def serve(spec: BatchSpec, capacity: int, ports: mp.Queue, stop: mp.Event) -> No
     ctx.term()
 
 
+def bare_sender(nbytes: int, ports: mp.Queue, stop: mp.Event) -> None:
+    """PUSH one preallocated ``nbytes`` frame again and again until ``stop``; then puts its
+    process CPU seconds per message sent."""
+    buf = np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDTIMEO, 100)
+    ports.put(sock.bind_to_random_port("tcp://127.0.0.1"))
+    sent, cpu = 0, time.process_time()
+    while not stop.is_set():
+        try:
+            sock.send(buf, copy=False)
+            sent += 1
+        except zmq.Again:
+            pass
+    ports.put((time.process_time() - cpu) / max(sent, 1))
+    sock.close()
+    ctx.term()
+
+
+def bare_rate(nbytes: int, seconds: float) -> dict:
+    """Bytes/s a bare PULL socket receives from ``bare_sender`` over TCP loopback, and the CPU
+    milliseconds per message of both sides (the sender's counts its whole run, warm-up included)."""
+    ctx = mp.get_context("spawn")
+    ports, stop = ctx.Queue(), ctx.Event()
+    sender = ctx.Process(target=bare_sender, args=(nbytes, ports, stop), daemon=True)
+    sender.start()
+    zctx = zmq.Context()
+    sock = zctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{ports.get(timeout=120)}")
+    try:
+        warm = time.perf_counter()
+        while time.perf_counter() - warm < 1.0:
+            sock.recv(copy=False)
+        got, start, cpu = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - start < seconds:
+            got += len(sock.recv(copy=False))
+        out = {"bytes_s": got / (time.perf_counter() - start),
+               "recv_cpu_ms": (time.process_time() - cpu) / (got / nbytes) * 1e3}
+    finally:
+        stop.set()
+        sock.close()
+        zctx.term()
+    out["send_cpu_ms"] = ports.get(timeout=30) * 1e3
+    sender.join(10)
+    return out
+
+
 def consume(client: StreamClient, seconds: float, to_torch: bool) -> tuple[int, float]:
     """Pull batches for ``seconds``; returns (chunks received, elapsed seconds)."""
     chunks, start = 0, time.perf_counter()
@@ -98,16 +151,8 @@ def isolated_decode_ms(spec: BatchSpec, batch_size: int) -> float:
     return min(timeit.repeat(once, number=500, repeat=5)) / 500 * 1e3
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--prefetch", type=int, default=8)
-    parser.add_argument("--dtype", default="float16", choices=["float16", "int16", "float32"])
-    parser.add_argument("--capacity", type=int, default=1024, help="pool chunks in the sender")
-    parser.add_argument("--to-torch", action="store_true", help="also cast each batch with to_torch")
-    args = parser.parse_args()
-    spec = BatchSpec(44100, 4410, 4096, STEMS, args.dtype)
+def stream_round(spec: BatchSpec, args: argparse.Namespace) -> dict:
+    """One stream measurement: sender process + StreamClient, ``args.seconds`` after a warm-up."""
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
     sender = ctx.Process(target=serve, args=(spec, args.capacity, ports, stop), daemon=True)
@@ -120,25 +165,57 @@ def main() -> None:
         chunks, elapsed = consume(client, args.seconds, args.to_torch)
         client_cpu = time.process_time() - cpu_start
         batches = client.batches - base_batches
-        decode_ms = (client.decode_seconds - base_decode) / batches * 1e3
-        wait = client.wait_seconds - base_wait
-        malformed = client.malformed
+        out = {"chunks_s": chunks / elapsed, "bytes_s": chunks * spec_chunk_bytes(spec) / elapsed,
+               "decode_ms": (client.decode_seconds - base_decode) / batches * 1e3,
+               "wait": (client.wait_seconds - base_wait) / elapsed, "batches": batches,
+               "malformed": client.malformed, "client_cpu_ms": client_cpu / batches * 1e3}
     stop.set()
-    sender_s, sender_cpu_s = ports.get(timeout=30)
+    out["sender_ms"], out["sender_cpu_ms"] = (1e3 * v for v in ports.get(timeout=30))
     sender.join(10)
-    mb = chunks * len(STEMS) * spec.window * spec.np_dtype.itemsize / 2**20
-    print(f"dtype {args.dtype}, batch {args.batch_size}, prefetch {args.prefetch}, "
-          f"window {spec.window}, to_torch {args.to_torch}")
-    print(f"chunks/s        {chunks / elapsed:10.0f}   (goal >= 20000)")
-    print(f"MiB/s           {mb / elapsed:10.1f}")
-    print(f"batches         {batches:10d}   malformed {malformed}")
-    print(f"decode/batch    {decode_ms:10.3f} ms wall in the I/O thread; "
+    return out
+
+
+def spec_chunk_bytes(spec: BatchSpec) -> int:
+    return len(spec.stems) * spec.window * spec.np_dtype.itemsize
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per round and path")
+    parser.add_argument("--rounds", type=int, default=3, help="bare and stream rounds, alternating")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--prefetch", type=int, default=8)
+    parser.add_argument("--dtype", default="float16", choices=["float16", "int16", "float32"])
+    parser.add_argument("--capacity", type=int, default=1024, help="pool chunks in the sender")
+    parser.add_argument("--to-torch", action="store_true", help="also cast each batch with to_torch")
+    args = parser.parse_args()
+    spec = BatchSpec(44100, 4410, 4096, STEMS, args.dtype)
+    nbytes = args.batch_size * spec_chunk_bytes(spec)
+    print(f"dtype {args.dtype}, batch {args.batch_size} ({nbytes / 1e6:.2f} MB), prefetch {args.prefetch}, "
+          f"window {spec.window}, to_torch {args.to_torch}, {args.rounds} rounds of {args.seconds:g} s")
+    print("CPU ms are per batch-sized message, each process's threads together (ZeroMQ's I/O thread included)")
+    print(f"{'round':>5} {'bare GB/s':>10} {'stream GB/s':>12} {'ratio':>6} {'chunks/s':>9} {'decode ms':>10} "
+          f"{'wait':>6} {'draw+encode ms':>15} {'CPU ms send/recv: bare':>23} {'stream':>13}")
+    bare, rows = [], []
+    for r in range(args.rounds):
+        bare.append(bare_rate(nbytes, args.seconds))
+        rows.append(stream_round(spec, args))
+        row, b = rows[-1], bare[-1]
+        print(f"{r + 1:5d} {b['bytes_s'] / 1e9:10.2f} {row['bytes_s'] / 1e9:12.2f} {row['bytes_s'] / b['bytes_s']:6.2f} "
+              f"{row['chunks_s']:9.0f} {row['decode_ms']:10.3f} {row['wait']:6.1%} {row['sender_ms']:15.3f} "
+              f"{b['send_cpu_ms']:11.2f} / {b['recv_cpu_ms']:<9.2f} {row['sender_cpu_ms']:5.2f} / {row['client_cpu_ms']:<5.2f}",
+              flush=True)
+    med = {k: float(np.median([row[k] for row in rows])) for k in rows[0]}
+    bmed = {k: float(np.median([b[k] for b in bare])) for k in bare[0]}
+    ratios = [row["bytes_s"] / b["bytes_s"] for row, b in zip(rows, bare)]
+    print(f"median: bare {bmed['bytes_s'] / 1e9:.2f} GB/s, stream {med['bytes_s'] / 1e9:.2f} GB/s "
+          f"({med['chunks_s']:.0f} chunks/s), stream/bare {np.median(ratios):.2f} (goal >= 0.8); "
+          f"malformed {sum(row['malformed'] for row in rows)}")
+    bare_cpu, stream_cpu = bmed["send_cpu_ms"] + bmed["recv_cpu_ms"], med["sender_cpu_ms"] + med["client_cpu_ms"]
+    print(f"CPU per batch, both ends: bare {bare_cpu:.2f} ms, stream {stream_cpu:.2f} ms "
+          f"(bare/stream {bare_cpu / stream_cpu:.2f}: the stream/bare ratio to expect when the cores are the limit)")
+    print(f"decode/batch {med['decode_ms']:.3f} ms wall in the I/O thread; "
           f"{isolated_decode_ms(spec, args.batch_size):.3f} ms CPU isolated (goal < 0.2 ms)")
-    print(f"consumer wait   {100 * wait / elapsed:10.1f} % of wall time")
-    print(f"sender draw+encode/batch {sender_s * 1e3:.3f} ms, sender process CPU/batch "
-          f"{sender_cpu_s * 1e3:.3f} ms")
-    print(f"client process CPU/batch {client_cpu / batches * 1e3:.3f} ms "
-          f"(all threads; {args.batch_size / (client_cpu / batches):.0f} chunks per client CPU-second)")
 
 
 if __name__ == "__main__":

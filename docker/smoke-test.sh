@@ -14,6 +14,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/docker/test-lib.sh"
 TIMEOUT_S=${SMOKE_TIMEOUT_S:-900}
 STEPS=${SMOKE_STEPS:-20}
 EXTRA_WORKERS=2
@@ -73,26 +74,13 @@ cleanup() {
     exit "$rc"
 }
 
-fail() {
-    say "FAIL: $*"
-    show_logs
-    exit 1
-}
-
 # Remote workers alive according to the broker, or "-" when the server does not answer yet.
 remote_workers_alive() {
-    compose exec -T synth-server sh -c \
-        'synth-server stats --connect tcp://127.0.0.1:5555 --json --timeout 3 | python -c "
-import json, sys
-s = json.load(sys.stdin)
-print(sum(1 for w in s[\"workers\"][\"list\"] if not w[\"local\"]))"' 2>/dev/null || echo -
+    compose exec -T synth-server sh -c "$REMOTE_WORKERS_ALIVE" 2>/dev/null || echo -
 }
 
 # Highest step the trainer has logged in RUN_DIR/metrics.jsonl (one row every TRAIN_LOG_EVERY steps).
-trainer_step() {
-    [ -f "$RUN_DIR/metrics.jsonl" ] || { echo 0; return; }
-    grep -oE '"step": ?[0-9]+' "$RUN_DIR/metrics.jsonl" | grep -oE '[0-9]+$' | sort -n | tail -1
-}
+trainer_step() { logged_step "$RUN_DIR"; }
 
 checkpoint_written() {
     compgen -G "$RUN_DIR/*.pt" >/dev/null

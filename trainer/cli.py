@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from .config import AMP_MODES, COMPILE_MODES, DEVICES, DistConfig, EvalConfig, SeparateConfig, TrainConfig
@@ -96,6 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = train_config(args)
         dist = dist_from_env()
+        cfg = replace(cfg, connect=dist.address(cfg.connect))
         curve = None
         if cfg.curve_keys is not None:
             from synth_server.serve.config import load_client_curve
@@ -193,7 +195,8 @@ def _positive(text: str) -> int:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a separator from a synth-server stream")
-    p.add_argument("--connect", required=True, help="broker address, e.g. tcp://127.0.0.1:5555")
+    p.add_argument("--connect", required=True,
+                   help="broker address, e.g. tcp://127.0.0.1:5555; A,B,...: rank r of a DDP run reads from the r-th mod n")
     p.add_argument("--run-dir", required=True, type=Path, help="checkpoints, metrics.jsonl, config.json, tb/")
     p.add_argument("--model", default="seed", choices=sorted(PRESETS), help="preset (see `trainer models`)")
     p.add_argument("--model-config", type=Path, default=None, metavar="FILE.toml",
@@ -215,8 +218,9 @@ def _add_train(sub) -> None:
     p.add_argument("--stats-every", type=int, default=50, help="ask the server for stats (R) (0: never)")
     p.add_argument("--prefetch", type=_positive, default=4, help="batches requested ahead")
     p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds to wait for the welcome; stream silence before reconnecting")
-    p.add_argument("--give-up", type=float, default=600.0, help="seconds without a batch before stopping")
+                   help="seconds of stream silence before reconnecting")
+    p.add_argument("--give-up", type=float, default=600.0,
+                   help="seconds without a batch (or, at the start, without the welcome) before stopping")
     p.add_argument("--torch-threads", type=_positive, default=None, help="default: 1 on CPU, PyTorch's on CUDA")
     p.add_argument("--compile", default="auto", choices=COMPILE_MODES, help="torch.compile (auto: on CUDA)")
     p.add_argument("--amp", default="auto", choices=AMP_MODES, help="bf16 autocast (auto: on CUDA)")

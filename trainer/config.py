@@ -133,6 +133,14 @@ class DistConfig:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def address(self, connect: str) -> str:
+        """This rank's broker from ``--connect A[,B,...]``: rank r reads from address r mod n, so
+        several servers (one per corpus shard) feed one DDP run, each rank from one of them."""
+        addresses = [a.strip() for a in connect.split(",") if a.strip()]
+        if not addresses:
+            raise ValueError(f"--connect {connect!r} names no broker address")
+        return addresses[self.rank % len(addresses)]
+
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """"auto" -> cuda:<local_rank> when CUDA is available, else cpu; "cuda" -> cuda:<local_rank>;

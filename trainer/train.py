@@ -374,7 +374,7 @@ def run_train(cfg: TrainConfig, dist: DistConfig = DistConfig(), *, stop: thread
 def _train(run: _Run, client: StreamClient, stop: threading.Event, curve) -> TrainSummary:
     cfg = run.cfg
     run.notify(f"waiting for the stream at {cfg.connect} ...")
-    spec = wait_for_spec(client, cfg.timeout, stop)
+    spec = wait_for_spec(client, cfg.give_up, stop)   # the server may still be scanning its corpus
     if spec is None:
         return TrainSummary(0, 0, None, None, True, 0.0)
     run.build(spec)

@@ -47,12 +47,13 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     source = cli_args.source_config(args, args.corpus, seed=args.seed)
     workers_auto, reuse_auto = args.workers is None, args.reuse is None
     workers = max(1, args.min_workers) if workers_auto else args.workers
+    max_workers = max(1, os.cpu_count() or 1) if args.max_workers is None else args.max_workers
     try:
         broker = BrokerConfig(
             bind=args.bind, port=args.port, pool_size=args.pool_size, dtype=args.dtype,
             reuse=1 if reuse_auto else args.reuse, reuse_auto=reuse_auto, max_reuse=args.max_reuse,
             workers=workers, workers_auto=workers_auto, min_workers=args.min_workers,
-            max_workers=args.max_workers, seed=args.seed, curve_keys=args.curve_keys)
+            max_workers=max_workers, seed=args.seed, curve_keys=args.curve_keys)
     except ValueError as exc:
         raise UsageError(f"{exc}") from None
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
@@ -283,8 +284,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--corpus", type=Path, required=True, help="MIDI folder (empty: a demo corpus is written)")
     p.add_argument("--workers", type=_count_or_auto, default=2, metavar="N|auto")
     p.add_argument("--min-workers", type=int, default=1, help="lower bound for --workers auto")
-    p.add_argument("--max-workers", type=int, default=max(1, os.cpu_count() or 1),
-                   help="upper bound for --workers auto")
+    p.add_argument("--max-workers", type=_count_or_auto, default=None, metavar="N|auto",
+                   help="upper bound for --workers auto (auto: one per CPU core)")
     p.add_argument("--reuse", type=_count_or_auto, default=1, metavar="R|auto",
                    help="times each chunk is served (auto: adapt to production and demand)")
     p.add_argument("--max-reuse", type=int, default=8, help="upper bound of R")

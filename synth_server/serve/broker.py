@@ -396,6 +396,7 @@ class Broker:
             "workers": {"alive": len(self.peers.workers), "target": sup.target if sup else 0,
                         "auto": self.scaler is not None, "min": self.cfg.min_workers, "max": self.cfg.max_workers,
                         "restarts": sup.restarts if sup else 0,
+                        "capacity_rate": round(self.peers.capacity_rate(), 2),
                         "list": [w.describe(now) for w in self.peers.workers.values()]},
             "clients": [c.describe() for c in self.peers.clients.values()],
             **grouped_counters(self.totals, self.errors),

@@ -53,7 +53,7 @@ def run_auto_rules(broker, now: float) -> None:
     """``--reuse auto`` and ``--workers auto`` (see ``autoscale``), when due."""
     starved = broker.meters["starved"].rate()
     if broker.reuse.due(now):
-        capacity = sum(w.rate for w in broker.peers.workers.values())
+        capacity = broker.peers.capacity_rate()
         before = broker.reuse.value
         after = broker.reuse.update(capacity, broker.meters["served"].rate(), starved)
         if after != before:

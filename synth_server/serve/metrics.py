@@ -43,6 +43,9 @@ def snapshot_metrics(s: dict[str, Any]) -> Iterator[Metric]:
     yield _family(G, "reuse", "Current reuse factor R", ("auto",), [((int(reuse["auto"]),), reuse["value"])])
     yield _family(G, "workers_alive", "Workers with a recent heartbeat", (), [((), w["alive"])])
     yield _family(G, "workers_target", "Local workers wanted", (), [((), w["target"])])
+    yield _family(G, "worker_capacity_chunks_per_second",
+                  "Kept chunks per busy second, summed over workers (what they make when not held back)",
+                  (), [((), w.get("capacity_rate", 0.0))])
     yield _family(C, "worker_restarts", "Local worker restarts", (), [((), w["restarts"])])
     yield _family(G, "worker_kept_per_second", "Chunks received per worker", ("worker",),
                   [((p["id"],), p["recv_rate"]) for p in w.get("list", [])])

@@ -113,6 +113,10 @@ class Registry:
         self.clients: dict[bytes, ClientPeer] = {}
         self._turn = itertools.count()
 
+    def capacity_rate(self) -> float:
+        """Kept chunks per busy second summed over the workers: what they make when not held back."""
+        return sum(w.rate for w in self.workers.values())
+
     def worker_by_id(self, peer_id: Any) -> WorkerPeer | None:
         if not isinstance(peer_id, str):
             return None

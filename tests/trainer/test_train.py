@@ -162,6 +162,15 @@ def test_dist_from_env():
         dist_from_env({"RANK": "2", "WORLD_SIZE": "2"})
 
 
+def test_each_rank_reads_from_one_of_several_brokers():
+    shards = "tcp://a:5555, tcp://b:5555"
+    picked = [DistConfig(rank=r, world_size=4).address(shards) for r in range(4)]
+    assert picked == ["tcp://a:5555", "tcp://b:5555", "tcp://a:5555", "tcp://b:5555"]
+    assert DistConfig().address("tcp://a:5555") == "tcp://a:5555"
+    with pytest.raises(ValueError, match="no broker"):
+        DistConfig().address(" , ")
+
+
 def test_metrics_rows_and_server_figures(tmp_path):
     stats = {"reuse": {"value": 3, "auto": True}, "pool": {"size": 30, "capacity": 120},
              "rates": {"kept": 12.345, "served": 40.0}}
