@@ -12,6 +12,9 @@ from pathlib import Path
 MAX_MIDI_BYTES = 16 << 20     # a MIDI file larger than this is not a song (corpus index, broker, worker)
 PARSE_TIMEOUT_S = 20.0       # seconds to parse one MIDI file
 
+from synth_server.augment_config import AugmentConfig
+
+# AugmentConfig (the augmentation knobs) has its own file, augment_config.py; ChunkSourceConfig carries it
 SPLITS = ("train", "valid", "test")
 
 
@@ -141,6 +144,7 @@ class RenderConfig:
     preroll_cap: float = 30.0     # seconds at most, though a note sounding at the start began earlier
     excerpt: float = 8.0          # seconds of target audio per excerpt render
     render_timeout: float = 60.0  # seconds; a render that takes longer is cut off
+    dynamic_samples: bool = False  # FluidSynth loads samples on preset selection (less RAM, slow switches)
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,8 @@ class ChunkSourceConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)   # default: none (today's audio)
     split: str = "train"
     max_chunks_per_song: int = 64
     seed: int = 0
+
