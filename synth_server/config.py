@@ -5,6 +5,7 @@ no module below the CLI reads argparse or environment variables.
 """
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,3 +194,16 @@ class ChunkSourceConfig:
     max_chunks_per_song: int = 64
     seed: int = 0
 
+
+
+def heldout_timbres(source: ChunkSourceConfig, split: str = "test") -> ChunkSourceConfig:
+    """``source`` rendering ``split`` (valid or test) with its held-out soundfonts on every stem
+    they can play (``augment.soundfont.holdout``): the excerpts of unseen timbres that measure
+    generalisation. The other knobs stay as they are."""
+    aug = source.augment
+    if not aug.soundfont.holdout:
+        raise ValueError("no held-out soundfont (set augment.soundfont.holdout / --holdout-soundfont)")
+    if split == "train" or split not in SPLITS:
+        raise ValueError(f"held-out timbres are for valid or test, not {split!r}")
+    knob = dataclasses.replace(aug.soundfont, p=1.0, pool="holdout")
+    return dataclasses.replace(source, split=split, augment=dataclasses.replace(aug, soundfont=knob))

@@ -129,3 +129,19 @@ def resolve_soundfonts(explicit: Path | None, project_dir: Path = PROJECT_SOUNDF
         f"{project_dir}/*.sf2, (3) {SYSTEM_SOUNDFONT} (apt install fluid-soundfont-gm), "
         f"(4) {bundled} (inside pretty_midi)"
     )
+
+
+def soundfonts_for(explicit: Path | None, augment: bool) -> list[Path]:
+    """What a renderer loads: the bank with augmentation on, else the plain resolution."""
+    return resolve_bank(explicit) if augment else resolve_soundfonts(explicit)
+
+
+def check_holdout(paths: list[Path], names) -> None:
+    """Every held-out name must be in the bank (a typo would hold nothing out); and something
+    must be left for training. Raises SoundfontError."""
+    for name in names:
+        if not any(named(p, [name]) for p in paths):
+            raise SoundfontError(f"--holdout-soundfont {name}: not in the bank "
+                                 f"({', '.join(soundfont_name(p) for p in paths)})")
+    if names and all(named(p, names) for p in paths):
+        raise SoundfontError("every soundfont of the bank is held out; nothing left for training")
