@@ -63,7 +63,7 @@ def resolve_bank(explicit: Path | None, project_dir: Path = PROJECT_SOUNDFONTS) 
     """The soundfonts augmentation draws from (see the module docstring); non-empty."""
     suffixes = (".sf2", ".sf3")
     if explicit is not None and Path(explicit).is_dir():
-        found = _sf2_in(Path(explicit), suffixes)
+        found = _distinct(_sf2_in(Path(explicit), suffixes))
         if not found:
             raise SoundfontError(f"--soundfont {explicit}: folder holds no .sf2/.sf3 file")
         return found
@@ -75,7 +75,18 @@ def resolve_bank(explicit: Path | None, project_dir: Path = PROJECT_SOUNDFONTS) 
             found.append(path)
         else:
             log.info("soundfont bank: %s missing, skipped (apt install %s)", path, package)
-    return found or resolve_soundfonts(None, project_dir)
+    return _distinct(found) or resolve_soundfonts(None, project_dir)
+
+
+def _distinct(paths: list[Path]) -> list[Path]:
+    """Each file once (Debian's default-GM.sf2 is a link to FluidR3_GM.sf2)."""
+    seen, out = set(), []
+    for p in paths:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
 
 
 @dataclass(frozen=True)
