@@ -189,12 +189,15 @@ class Renderer:
         """Index of the soundfont used for a song (stable per song when several are loaded)."""
         return song_hash(song_id) % len(self.soundfonts)
 
-    def _stems(self, midi, voices: list[StemVoice], transform=None) -> list[list[_Track]]:
-        """Per class, its instruments as ``_Track``s for the stem's voice. The raw and grid
+    def _stems(self, midi, voices: list[StemVoice] | int, transform=None) -> list[list[_Track]]:
+        """Per class, its instruments as ``_Track``s for the stem's voice (an int: that soundfont
+        for every stem, the song's presets). The raw and grid
         events are built once per song and kept while it is rendered, the tracks once per stem
         and voice; ``transform`` (raw tracks per stem -> raw tracks, e.g. ``midi_augment.apply``)
         makes fresh ones."""
         sr = self.audio.sample_rate
+        if isinstance(voices, int):
+            voices = [StemVoice(voices)] * len(self.classes)
         if self._song is not midi:
             groups = class_instruments(self.classes, midi.instruments)
             self._song_raw = [[instrument_raw(inst) for inst in insts] for insts in groups]
