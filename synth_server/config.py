@@ -10,12 +10,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MAX_MIDI_BYTES = 16 << 20     # a MIDI file larger than this is not a song (corpus index, broker, worker)
-PARSE_TIMEOUT_S = 20.0       # seconds to parse one MIDI file
-
 from synth_server.augment_config import AugmentConfig
 
 # AugmentConfig (the augmentation knobs) has its own file, augment_config.py; ChunkSourceConfig carries it
+MAX_MIDI_BYTES = 16 << 20     # a MIDI file larger than this is not a song (corpus index, broker, worker)
+PARSE_TIMEOUT_S = 20.0       # seconds to parse one MIDI file
 SPLITS = ("train", "valid", "test")
 
 

@@ -99,9 +99,9 @@ def augment_config(args: argparse.Namespace, split: str):
             knob = dataclasses.replace(knob, pool=args.soundfont_pool, p=1.0 if args.soundfont_pool == "holdout" else knob.p)
         cfg = dataclasses.replace(cfg, soundfont=knob)
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise UsageError(f"{exc}") from None
     if cfg.soundfont.pool == "holdout" and (split == "train" or not cfg.soundfont.holdout):
-        raise SystemExit("error: --soundfont-pool holdout needs --split valid/test and --holdout-soundfont NAME")
+        raise UsageError("--soundfont-pool holdout needs --split valid/test and --holdout-soundfont NAME")
     return cfg
 
 

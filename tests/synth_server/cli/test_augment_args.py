@@ -1,13 +1,16 @@
 """--augment flags parse into the typed AugmentConfig the source config carries."""
+from pathlib import Path
+
 import pytest
 
 from synth_server.augment_config import DEFAULT_PRESET, PRESETS
+from synth_server.cli.args import UsageError
 from synth_server.cli.main import build_parser
 from synth_server.cli.serve import serve_config
 
 
 def source(*flags):
-    args = build_parser().parse_args(["serve", "--corpus", "x", *flags])
+    args = build_parser().parse_args(["serve", "--corpus", str(Path(__file__).parent), *flags])
     return serve_config(args).source
 
 
@@ -30,12 +33,12 @@ def test_toml_holdout_and_pool(tmp_path):
 @pytest.mark.parametrize("flags", [["--soundfont-pool", "holdout", "--holdout-soundfont", "A"],   # train split
                                    ["--soundfont-pool", "holdout", "--split", "test"]])          # nothing held out
 def test_bad_pool_is_a_usage_error(flags):
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError):
         source(*flags)
 
 
 def test_bad_toml_is_a_usage_error(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("[augment.reverb]\nwetness = 1\n")
-    with pytest.raises(SystemExit, match="unknown setting"):
+    with pytest.raises(UsageError, match="unknown setting"):
         source("--augment-config", str(path))
