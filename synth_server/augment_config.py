@@ -41,9 +41,13 @@ class ProgramKnob:
 
 @dataclass(frozen=True)
 class DrumKitKnob:
-    """Drum stem: a random kit among the chosen soundfont's bank-128 presets."""
+    """Drum stem: a random kit among the chosen soundfont's bank-128 presets numbered in
+    ``programs`` (the GS/GM2 drum kits: Standard, Room, Power, Electronic, TR-808, Jazz, Brush,
+    Orchestra; other bank-128 presets, e.g. SFX or single-instrument sets, often leave GM drum
+    notes silent)."""
 
     p: float = 0.0
+    programs: tuple[int, ...] = (0, 8, 16, 24, 25, 32, 40, 48)
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,10 @@ def _coerce(where: str, current: Any, value: Any) -> Any:
             if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
                 raise ValueError(f"{where} must be [low, high]")
             return (float(value[0]), float(value[1]))
+        if current and all(isinstance(v, int) for v in current):
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 127 for v in value):
+                raise ValueError(f"{where} must be a list of programs 0..127")
+            return tuple(value)
         if not all(isinstance(v, str) for v in value):
             raise ValueError(f"{where} must be a list of strings")
         return tuple(value)

@@ -146,8 +146,9 @@ def _voice(cls: InstrumentClass, programs: set[int], cfg: AugmentConfig, bank, p
     if cls.is_drum:
         kits = dict(info.kits)
         bank_no = 0 if info.drum_only else None
-        if substitute and kits:
-            program = _pick(sorted(kits), rng)
+        choices = sorted(kits) if info.drum_only else sorted(set(kits) & set(cfg.drum_kit.programs))
+        if substitute and choices:
+            program = _pick(choices, rng)
         else:
             program = min(kits) if info.drum_only and kits else None
         return StemVoice(sf, bank_no, program), kits.get(program if program is not None else 0)

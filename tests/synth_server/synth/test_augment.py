@@ -14,7 +14,7 @@ from synth_server.synth.augment import draw_excerpt
 from synth_server.synth.soundfont import SoundfontInfo
 
 GM = frozenset(range(128))
-KITS = ((0, "Standard"), (8, "Room"), (25, "TR-808"))
+KITS = ((0, "Standard"), (8, "Room"), (25, "TR-808"), (58, "Marching Cymbals"))
 BANK = [SoundfontInfo("A", Path("A.sf2"), GM, KITS, False), SoundfontInfo("B", Path("B.sf2"), GM, KITS[:1], False),
         SoundfontInfo("C", Path("C.sf3"), GM, KITS, False),
         SoundfontInfo("Kit", Path("Kit.sf2"), frozenset(), ((0, "Kit"),), True)]
@@ -41,7 +41,7 @@ def test_toml_overrides_a_preset_and_rejects_mistakes(tmp_path):
     for table, message in [({"reverbb": {}}, "unknown knob"), ({"reverb": {"size": 1}}, "unknown setting"),
                            ({"reverb": {"p": 2.0}}, "0..1"), ({"tempo": {"range": [1.2, 0.9]}}, "low"),
                            ({"transpose": {"semitones": 2.5}}, "whole number"), ({"eq": {"gain_db": 3}}, "list"),
-                           ({"soundfont": {"pool": "x"}}, "pool")]:
+                           ({"soundfont": {"pool": "x"}}, "pool"), ({"drum_kit": {"programs": [200]}}, "0..127")]:
         with pytest.raises(ValueError, match=message):
             apply_table(PRESETS["none"], table)
 
@@ -77,6 +77,7 @@ def test_drums_get_kits_and_pitched_stems_never_a_drum_only_soundfont():
     out = draws(PRESETS["full"])
     drums = {(d.names[0], d.voices[0].program) for d in out}
     assert ("Kit", 0) in drums and ("A", 25) in drums and ("A", None) in drums
+    assert all(program != 58 for _, program in drums)          # only the GS kits (drum_kit.programs)
     assert all(d.voices[0].bank == 0 for d in out if d.names[0] == "Kit")           # drum-only: bank 0 kits
     assert all(name != "Kit" for d in out for name in d.names[1:])
     piano = {d.voices[1].program for d in out}
