@@ -6,8 +6,13 @@
   (b) the `fluidsynth -F` CLI writing one WAV per stem, then chunk+filter
   (c) pretty_midi's `instrument.fluidsynth()` per instrument, summed per stem, then chunk+filter
   (bare) the same persistent synth driven by a minimal loop over the same excerpts (render only)
+  (a, DEFAULT) / (a, full) the renderer with augmentation (docs/augmentation.md), soundfont bank loaded
 
-Prints a/b, a/c, a/a2 and a/bare, and the pre-roll (a) renders per stem. Songs: the demo corpus plus ../shared/midi/real (eligible songs).
+Prints a/b, a/c, a/a2 and a/bare, and the pre-roll (a) renders per stem; the cost of each
+augmentation preset over none (kept chunks per core-second; the filter's kept share changes with
+levels too); then the resident memory of a fresh process holding a renderer with the plain
+soundfont, the default bank, and the bank with FluidSynth's dynamic sample loading.
+Songs: the demo corpus plus ../shared/midi/real (eligible songs).
 CPU time (this process + children) is what is compared, so the figures are per core.
 
     .venv/bin/python bench/synth.py [--songs N] [--demo-songs N] [--seconds S]
@@ -38,7 +43,8 @@ from synth_server.synth.demo import write_demo_corpus  # noqa: E402
 from synth_server.synth.midi_io import load_midi  # noqa: E402
 from synth_server.synth.pipeline import TAIL, chunk_and_filter, plan_excerpts, song_chunks  # noqa: E402
 from synth_server.synth.render import Renderer  # noqa: E402
-from synth_server.synth.soundfont import resolve_soundfonts  # noqa: E402
+from synth_server.synth.soundfont import resolve_bank, resolve_soundfonts  # noqa: E402
+from synth_server.augment_config import DEFAULT_PRESET, PRESETS  # noqa: E402
 
 AUDIO = AudioConfig()
 SF2 = resolve_soundfonts(None)[0]
@@ -172,6 +178,26 @@ def measure(name, fn, *args):
     return count, cpu
 
 
+RSS_PROBE = """
+import sys, pathlib
+sys.path.insert(0, {root!r})
+from synth_server.config import AudioConfig, DEFAULT_CLASSES, RenderConfig
+from synth_server.synth.render import Renderer
+from synth_server.synth.soundfont import soundfonts_for
+r = Renderer(RenderConfig(dynamic_samples={dynamic}), AudioConfig(), DEFAULT_CLASSES, soundfonts_for(None, {bank}))
+page = __import__("os").sysconf("SC_PAGE_SIZE")
+print(len(r.soundfonts), int(pathlib.Path("/proc/self/statm").read_text().split()[1]) * page)
+"""
+
+
+def renderer_rss(bank: bool, dynamic: bool) -> tuple[int, float, float]:
+    """(soundfonts, RSS MiB, load wall-s) of a fresh process holding one renderer, as a worker does."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", RSS_PROBE.format(root=str(ROOT), bank=bank, dynamic=dynamic)],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return int(out[0]), int(out[1]) / 2**20, time.perf_counter() - t0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo-songs", type=int, default=4)
@@ -195,11 +221,18 @@ def main() -> int:
     cfg_fixed = ChunkSourceConfig(corpus=CorpusConfig(root=tmp), render=fixed, max_chunks_per_song=10**9)
     renderer = Renderer(render, AUDIO, DEFAULT_CLASSES, [SF2])
     renderer_fixed = Renderer(fixed, AUDIO, DEFAULT_CLASSES, [SF2])
+    bank = resolve_bank(None)
+    bank_renderer = Renderer(render, AUDIO, DEFAULT_CLASSES, bank)
+    presets = list(dict.fromkeys([DEFAULT_PRESET, "full"]))
+    aug_cfgs = {name: ChunkSourceConfig(corpus=cfg.corpus, render=render, max_chunks_per_song=10**9,
+                                        augment=PRESETS[name]) for name in presets}
     mean_preroll, capped, stem_renders = preroll_figures(songs, renderer, cfg)
     print(f"(a) renders {args.excerpt:g} s excerpts; pre-roll per stem from the notes still sounding "
           f"(min {render.preroll:g} s, cap {render.preroll_cap:g} s): mean {mean_preroll:.2f} s over "
-          f"{stem_renders} stem renders, {capped:.1%} of excerpts capped; (a2) fixed 2 s; (b), (c) whole songs")
+          f"{stem_renders} stem renders, {capped:.1%} of excerpts capped; (a2) fixed 2 s; (b), (c) whole songs; "
+          f"augmented runs draw from {len(bank)} soundfonts ({', '.join(p.stem for p in bank)})")
     a_n = a_cpu = a2_n = a2_cpu = bare_n = bare_cpu = 0.0
+    aug = {name: [0.0, 0.0] for name in presets}
     for song in songs:  # alternate per song so load changes on a shared machine hit all alike
         t0 = cpu_seconds()
         a_n += run_ours([song], renderer, cfg)
@@ -208,9 +241,15 @@ def main() -> int:
         t2 = cpu_seconds()
         a2_n += run_ours([song], renderer_fixed, cfg_fixed)
         a_cpu, bare_cpu, a2_cpu = a_cpu + t1 - t0, bare_cpu + t2 - t1, a2_cpu + cpu_seconds() - t2
+        for name in presets:
+            t3 = cpu_seconds()
+            aug[name][0] += run_ours([song], bank_renderer, aug_cfgs[name])
+            aug[name][1] += cpu_seconds() - t3
     print(f"  {'(a) stemstream renderer: kept':<34} {a_n:6.0f} in {a_cpu:6.2f} cpu-s -> {a_n / a_cpu:8.1f} /core-s")
     print(f"  {'(a2) same, fixed 2 s pre-roll: kept':<34} {a2_n:6.0f} in {a2_cpu:6.2f} cpu-s -> "
           f"{a2_n / a2_cpu:8.1f} /core-s")
+    for name, (n, cpu) in aug.items():
+        print(f"  {f'(a, --augment {name}): kept':<34} {n:6.0f} in {cpu:6.2f} cpu-s -> {n / cpu:8.1f} /core-s")
     print(f"  {'(bare) minimal loop: chunk slots':<34} {bare_n:6.0f} in {bare_cpu:6.2f} cpu-s -> "
           f"{bare_n / bare_cpu:8.1f} /core-s")
     c_n, c_cpu = measure("(c) pretty_midi fluidsynth(): kept", run_pretty_midi, songs)
@@ -224,6 +263,14 @@ def main() -> int:
         print("a/b: skipped, the `fluidsynth` CLI is not installed (apt install fluidsynth)")
     print(f"renderer time / bare loop time on the same excerpts and spans = {a_cpu / bare_cpu:.2f}   (goal <= 1.10)")
     print(f"kept share of rendered chunk slots: {a_n / bare_n:.2f} (the filter's rejections)")
+    for name, (n, cpu) in aug.items():
+        goal = "   (goal <= 1.25)" if name == DEFAULT_PRESET else ""
+        print(f"cost of --augment {name} over none, core-s per kept chunk: {(cpu / n) / (a_cpu / a_n):.2f}{goal}"
+              f"; per chunk slot rendered: {cpu / a_cpu:.2f}")
+    for label, use_bank, dynamic in (("plain soundfont", False, False), ("default bank", True, False),
+                                     ("default bank, dynamic samples", True, True)):
+        count, rss, wall = renderer_rss(use_bank, dynamic)
+        print(f"renderer process RSS, {label} ({count} soundfonts): {rss:6.0f} MiB (start {wall:4.1f} s)")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

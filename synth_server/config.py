@@ -5,13 +5,16 @@ no module below the CLI reads argparse or environment variables.
 """
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from synth_server.augment_config import AugmentConfig
+
+# AugmentConfig (the augmentation knobs) has its own file, augment_config.py; ChunkSourceConfig carries it
 MAX_MIDI_BYTES = 16 << 20     # a MIDI file larger than this is not a song (corpus index, broker, worker)
 PARSE_TIMEOUT_S = 20.0       # seconds to parse one MIDI file
-
 SPLITS = ("train", "valid", "test")
 
 
@@ -141,6 +144,7 @@ class RenderConfig:
     preroll_cap: float = 30.0     # seconds at most, though a note sounding at the start began earlier
     excerpt: float = 8.0          # seconds of target audio per excerpt render
     render_timeout: float = 60.0  # seconds; a render that takes longer is cut off
+    dynamic_samples: bool = False  # FluidSynth loads samples on preset selection (less RAM, slow switches)
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,21 @@ class ChunkSourceConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)   # default: none (today's audio)
     split: str = "train"
     max_chunks_per_song: int = 64
     seed: int = 0
+
+
+
+def heldout_timbres(source: ChunkSourceConfig, split: str = "test") -> ChunkSourceConfig:
+    """``source`` rendering ``split`` (valid or test) with its held-out soundfonts on every stem
+    they can play (``augment.soundfont.holdout``): the excerpts of unseen timbres that measure
+    generalisation. The other knobs stay as they are."""
+    aug = source.augment
+    if not aug.soundfont.holdout:
+        raise ValueError("no held-out soundfont (set augment.soundfont.holdout / --holdout-soundfont)")
+    if split == "train" or split not in SPLITS:
+        raise ValueError(f"held-out timbres are for valid or test, not {split!r}")
+    knob = dataclasses.replace(aug.soundfont, p=1.0, pool="holdout")
+    return dataclasses.replace(source, split=split, augment=dataclasses.replace(aug, soundfont=knob))

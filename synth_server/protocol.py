@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 PROTOCOL_VERSION = 1
-MAX_HEADER_BYTES = 1 << 20
+MAX_HEADER_BYTES = 4 << 20   # a batch of 1024 chunks with ~1.5 KB augmentation records each fits
 DEFAULT_MAX_BATCH_BYTES = 256 << 20
 INT16_SCALE = 32767.0
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -216,6 +216,8 @@ def _check_chunk_meta(chunks: object, n: int) -> list[dict]:
         offset, uses = meta.get("offset"), meta.get("uses", 0)
         if not _is_int(offset) or offset < 0 or not _is_int(uses) or uses < 0:
             raise ProtocolError(f"chunk {i}: 'offset' and 'uses' must be non-negative ints")
+        if not isinstance(meta.get("augment", {}), dict):
+            raise ProtocolError(f"chunk {i}: 'augment' must be an object")
     return chunks
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import dataclasses
+
+from synth_server.augment_config import DEFAULT_PRESET, POOLS, PRESETS, load_augment_toml
 from synth_server.config import (DEFAULT_CLASSES, SPLITS, AudioConfig, ChunkSourceConfig, CorpusConfig, FilterConfig,
                      RenderConfig, load_classes_toml, parse_class_spec)
 
@@ -31,7 +34,10 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sample-rate", type=int, default=AudioConfig.sample_rate)
     g.add_argument("--target", type=int, default=AudioConfig.target, help="target samples per chunk")
     g.add_argument("--context", type=int, default=AudioConfig.context, help="context samples on each side")
-    g.add_argument("--soundfont", type=Path, help="a .sf2 file or a folder of them (one picked per song)")
+    g.add_argument("--soundfont", type=Path,
+                   help="a .sf2/.sf3 file or a folder of them (the bank; default: the Debian soundfonts)")
+    g.add_argument("--dynamic-samples", action="store_true",
+                   help="FluidSynth loads samples when a preset is selected: less memory, slower switches")
     g.add_argument("--reverb", action="store_true", help="turn FluidSynth's reverb on")
     g.add_argument("--chorus", action="store_true", help="turn FluidSynth's chorus on")
     g.add_argument("--gain", type=float, default=RenderConfig.gain)
@@ -43,6 +49,15 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--excerpt", type=float, default=RenderConfig.excerpt, help="seconds of target audio per render")
     g.add_argument("--max-chunks-per-song", type=int, default=ChunkSourceConfig.max_chunks_per_song)
     g.add_argument("--split", choices=SPLITS, default="train")
+    a = p.add_argument_group("augmentation (docs/augmentation.md)")
+    a.add_argument("--augment", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                   help=f"augmentation preset (default {DEFAULT_PRESET}; none: plain rendering)")
+    a.add_argument("--augment-config", type=Path, metavar="TOML",
+                   help="[augment.KNOB] tables overriding the preset's knobs (ranges, probabilities)")
+    a.add_argument("--holdout-soundfont", action="append", default=[], metavar="NAME",
+                   help="a soundfont the train split never uses (file name or stem; repeat)")
+    a.add_argument("--soundfont-pool", choices=POOLS, default=None,
+                   help="holdout: valid/test stems only from the held-out soundfonts (unseen timbres)")
     f = p.add_argument_group("energy filter (target region)")
     f.add_argument("--silence-db", type=float, default=FilterConfig.silence_db,
                    help="reject when the mixture RMS is below this (dBFS)")
@@ -71,6 +86,25 @@ def classes_from_args(args: argparse.Namespace):
     return DEFAULT_CLASSES
 
 
+def augment_config(args: argparse.Namespace, split: str):
+    """The --augment preset, its TOML overrides, then --holdout-soundfont and --soundfont-pool."""
+    try:
+        cfg = PRESETS[args.augment]
+        if args.augment_config:
+            cfg = load_augment_toml(args.augment_config, cfg)
+        knob = cfg.soundfont
+        if args.holdout_soundfont:
+            knob = dataclasses.replace(knob, holdout=tuple(dict.fromkeys(knob.holdout + tuple(args.holdout_soundfont))))
+        if args.soundfont_pool:
+            knob = dataclasses.replace(knob, pool=args.soundfont_pool, p=1.0 if args.soundfont_pool == "holdout" else knob.p)
+        cfg = dataclasses.replace(cfg, soundfont=knob)
+    except ValueError as exc:
+        raise UsageError(f"{exc}") from None
+    if cfg.soundfont.pool == "holdout" and (split == "train" or not cfg.soundfont.holdout):
+        raise UsageError("--soundfont-pool holdout needs --split valid/test and --holdout-soundfont NAME")
+    return cfg
+
+
 def corpus_config(args: argparse.Namespace, root: Path) -> CorpusConfig:
     return CorpusConfig(root=Path(root), classes=classes_from_args(args), min_notes=args.min_notes,
                         jobs=args.jobs, cache=args.index_cache)
@@ -85,7 +119,9 @@ def source_config(args: argparse.Namespace, root: Path, seed: int = 0) -> ChunkS
         corpus=corpus_config(args, root),
         audio=AudioConfig(sample_rate=args.sample_rate, target=args.target, context=args.context),
         render=RenderConfig(soundfont=args.soundfont, reverb=args.reverb, chorus=args.chorus, gain=args.gain,
-                            preroll=args.preroll, preroll_cap=args.preroll_cap, excerpt=args.excerpt),
+                            preroll=args.preroll, preroll_cap=args.preroll_cap, excerpt=args.excerpt,
+                            dynamic_samples=args.dynamic_samples),
+        augment=augment_config(args, args.split),
         filter=FilterConfig(silence_db=args.silence_db, single_class_db=args.single_class_db,
                             active_db=args.active_db, min_active=args.min_active),
         split=args.split, max_chunks_per_song=args.max_chunks_per_song, seed=seed,

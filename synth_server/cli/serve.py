@@ -88,14 +88,15 @@ def run_serve(cfg: ServeConfig, stop: threading.Event | None = None) -> int:
     """Index the corpus, start the broker and the local workers, serve until SIGINT/SIGTERM."""
     from synth_server.serve.broker import Broker
     from synth_server.synth.corpus import build_index
-    from synth_server.synth.soundfont import SoundfontError, resolve_soundfonts
+    from synth_server.synth.soundfont import SoundfontError, check_holdout, soundfonts_for
     from synth_server.serve.metrics import MetricsServer
     from synth_server.serve.supervisor import Supervisor
 
     root = Path(cfg.source.corpus.root)
     _ensure_corpus(root, cfg.demo_songs, cfg.source.seed)
     try:
-        resolve_soundfonts(cfg.source.render.soundfont)
+        check_holdout(soundfonts_for(cfg.source.render.soundfont, cfg.source.augment.enabled),
+                      cfg.source.augment.soundfont.holdout)
         songs = build_index(cfg.source.corpus).eligible(cfg.source.split)
     except (ValueError, SoundfontError) as exc:
         log.error("%s", exc)
@@ -159,6 +160,9 @@ def _log_start(cfg: ServeConfig, broker, n_songs: int, metrics) -> None:
     log.info("pool budget %.1f MiB = %d chunks x %d stems x %d samples x %d bytes (%s); with metadata %.1f MiB",
              broker.budget_bytes() / 2**20, b.pool_size, len(spec.stems), spec.window,
              spec.np_dtype.itemsize, b.dtype, broker.pool.memory_bytes / 2**20)
+    aug = cfg.source.augment
+    log.info("augment %s%s", aug.preset if aug.enabled else "none",
+             f"; held-out soundfonts {', '.join(aug.soundfont.holdout)}" if aug.soundfont.holdout else "")
     log.info("reuse %s (max %d); workers %s", "auto" if b.reuse_auto else b.reuse, b.max_reuse,
              f"auto {b.min_workers}..{b.max_workers}" if b.workers_auto else b.workers)
     if metrics is not None:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from synth_server.augment_config import augment_from_dict, augment_to_dict
 from synth_server.config import (MAX_MIDI_BYTES, AudioConfig, ChunkSourceConfig, CorpusConfig, FilterConfig, InstrumentClass,
                      RenderConfig)
 
@@ -120,7 +121,8 @@ def source_to_json(src: ChunkSourceConfig) -> dict[str, Any]:
     return {"audio": asdict(src.audio), "filter": asdict(src.filter), "render": render,
             "classes": [{"name": c.name, "programs": list(c.programs), "is_drum": c.is_drum}
                         for c in src.corpus.classes],
-            "split": src.split, "max_chunks_per_song": src.max_chunks_per_song}
+            "augment": augment_to_dict(src.augment), "split": src.split,
+            "max_chunks_per_song": src.max_chunks_per_song}
 
 
 def _build(cls, data: Any, what: str):
@@ -159,7 +161,8 @@ def source_from_json(data: Any) -> ChunkSourceConfig:
     if not isinstance(mcps, int) or mcps < 1:
         raise ValueError("welcome: max_chunks_per_song must be a positive int")
     classes = _classes(data.get("classes"))
-    return ChunkSourceConfig(
+    augment = augment_from_dict(data.get("augment", {}))   # a broker without augmentation sends none
+    return ChunkSourceConfig(augment=augment,
         corpus=CorpusConfig(root=Path("."), classes=classes), audio=audio,
         render=_build(RenderConfig, data.get("render"), "render"),
         filter=_build(FilterConfig, data.get("filter"), "filter"),

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 EXIT_STUCK = 4          # a worker exits with this code when its main thread hung in a song
 STUCK_GRACE_S = 2.0     # time for the "stalled" heartbeat to leave before the process exits
+ORPHAN_GRACE_S = 3.0    # parent gone and the main thread still busy (e.g. loading soundfonts): exit
 
 
 def worker_dealer(ctx: zmq.Context, cfg: WorkerConfig) -> zmq.Socket:
@@ -70,11 +71,19 @@ class Heartbeat(threading.Thread):
         self._busy = 0.0
 
     def run(self) -> None:
+        orphaned = None
         try:
-            while not self.stop.wait(self.cfg.heartbeat_s):
+            while not self.stop.wait(self.cfg.heartbeat_s) or orphaned is not None:
+                if orphaned is not None:
+                    if time.monotonic() - orphaned > ORPHAN_GRACE_S:   # main thread deaf in a C call
+                        os._exit(0)
+                    time.sleep(0.2)
+                    continue
                 if self.cfg.parent_pid is not None and os.getppid() != self.cfg.parent_pid:
                     log.warning("parent process %s is gone; stopping", self.cfg.parent_pid)
                     self.stop.set()
+                    orphaned = time.monotonic()
+                    continue
                 stalled = self.stalled(time.monotonic())
                 if self.welcomed.is_set():
                     self._beat(stalled)

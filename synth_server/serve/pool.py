@@ -39,6 +39,7 @@ class ReusePool:
         self._last = np.full(capacity, -1, dtype=np.int64)    # owner's batch index at last use
         self._offset = np.zeros(capacity, dtype=np.int64)
         self._song = np.full(capacity, "", dtype=object)
+        self._augment = np.full(capacity, None, dtype=object)   # a chunk's augmentation record, if any
         self._clients: dict[str, int] = {}
         self._client_batches: list[int] = []
         self.added = self.served = self.retired = 0
@@ -88,6 +89,7 @@ class ReusePool:
         self._data[slots] = stems_wire[:k]
         self._song[slots] = [meta["song"] for meta in chunks[:k]]
         self._offset[slots] = [meta["offset"] for meta in chunks[:k]]
+        self._augment[slots] = [meta.get("augment") for meta in chunks[:k]]
         self._uses[slots] = 0
         self._owner[slots] = NO_OWNER
         self._last[slots] = -1
@@ -98,7 +100,7 @@ class ReusePool:
     def draw(self, n: int, client: str) -> tuple[np.ndarray, list[dict]]:
         """Up to n distinct chunks chosen uniformly among those ``client`` may use.
 
-        Returns ``(stems (k, stems, window) contiguous copy, [{"song", "offset", "uses"}])``
+        Returns ``(stems (k, stems, window) contiguous copy, [{"song", "offset", "uses"[, "augment"]}])``
         with k <= n (0 when nothing is available); ``uses`` counts this use (1 = first).
         Chunks that reach ``reuse`` uses are retired.
         """
@@ -113,8 +115,8 @@ class ReusePool:
         stems = self._data[slots]
         self._record_use(slots, cid, batch_index)
         uses = self._uses[slots]
-        meta = [{"song": song, "offset": int(offset), "uses": int(u)}
-                for song, offset, u in zip(self._song[slots], self._offset[slots], uses)]
+        meta = [{"song": song, "offset": int(offset), "uses": int(u), **({"augment": aug} if aug is not None else {})}
+                for song, offset, u, aug in zip(self._song[slots], self._offset[slots], uses, self._augment[slots])]
         self._retire(slots[uses >= self.reuse])
         return stems, meta
 
@@ -185,3 +187,4 @@ class ReusePool:
         self._uses[slots] = 0
         self._last[slots] = -1
         self._song[slots] = ""
+        self._augment[slots] = None

@@ -33,13 +33,21 @@ from synth_server.serve.peers import MAX_REPORTS
 from synth_server.synth.midi_io import CallTimeout, MidiError, call_with_timeout, load_midi_bytes
 from synth_server.synth.pipeline import song_chunks
 from synth_server.synth.render import Renderer, RenderError
-from synth_server.synth.soundfont import resolve_soundfonts
+from synth_server.synth.soundfont import SoundfontError, resolve_soundfonts, soundfonts_for
 
 log = logging.getLogger(__name__)
 
 STALL_MARGIN_S = 15.0    # beyond the parse/render time limits before the watchdog fires
 REPORTED = ("parse", "parse_timeout", "render", "render_timeout")
 EXIT_OK, EXIT_CONFIG = 0, 2
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class _Rehello(Exception):
@@ -57,8 +65,8 @@ class WorkerSetupError(ValueError):
 class Worker:
     """State of one worker process; ``run`` returns an exit code."""
 
-    def __init__(self, ctx: zmq.Context, cfg: WorkerConfig, soundfonts: list[Path], stop: threading.Event):
-        self.cfg, self.soundfonts, self.stop = cfg, soundfonts, stop
+    def __init__(self, ctx: zmq.Context, cfg: WorkerConfig, stop: threading.Event):
+        self.cfg, self.stop = cfg, stop
         self.worker_id = cfg.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.sock = worker_dealer(ctx, cfg)
         self.beat = Heartbeat(ctx, cfg, self.worker_id, stop, stall_s=PARSE_TIMEOUT_S + STALL_MARGIN_S)
@@ -196,17 +204,21 @@ class Worker:
         log.info("worker %s ready: %d songs, seed %s", self.worker_id, len(songs), seed)
 
     def _renderer_settings(self) -> tuple:
-        return (self.source.render, self.source.audio, self.source.corpus.classes)
+        return (self.source.render, self.source.audio, self.source.corpus.classes, self.source.augment.enabled)
 
     def _build_renderer(self) -> None:
-        """A fresh FluidSynth renderer for the current source settings (RenderError -> setup error)."""
+        """A fresh FluidSynth renderer for the current source settings (RenderError -> setup error);
+        with augmentation on it loads the whole soundfont bank. Logs its soundfonts and the RSS."""
         self.renderer = None
         try:
-            self.renderer = Renderer(self.source.render, self.source.audio, self.source.corpus.classes,
-                                     self.soundfonts)
-        except RenderError as exc:
+            soundfonts = soundfonts_for(self.cfg.soundfont, self.source.augment.enabled)
+            self.renderer = Renderer(self.source.render, self.source.audio, self.source.corpus.classes, soundfonts)
+        except (RenderError, SoundfontError) as exc:
             raise WorkerSetupError(f"cannot build the renderer: {exc}") from None
         self._render_key = self._renderer_settings()
+        log.info("worker %s: renderer with %d soundfont(s) (%s), augment %s; RSS %.0f MiB", self.worker_id,
+                 len(soundfonts), ", ".join(sf.name for sf in self.renderer.bank), self.source.augment.preset,
+                 rss_bytes() / 2**20)
 
     def _produce(self) -> None:
         while True:
@@ -343,7 +355,8 @@ class Worker:
         stems, clipped = to_wire(np.stack([c.stems for c in chunks]), self.spec.dtype)
         self.counters["sent"] += len(chunks)
         self.counters["clipped_samples"] += clipped
-        meta = [{"song": c.song_id, "offset": int(c.offset), "uses": 0} for c in chunks]
+        meta = [{"song": c.song_id, "offset": int(c.offset), "uses": 0,
+                 **({"augment": c.augment} if c.augment is not None else {})} for c in chunks]
         self._send(encode_batch("chunks", self.spec, stems, meta, counters=dict(self.counters), **self._reports()))
         self._publish()
 
@@ -362,7 +375,7 @@ def run_worker(cfg: WorkerConfig) -> int:
     stop = threading.Event()
     _install_signals(stop)
     try:
-        soundfonts = resolve_soundfonts(cfg.soundfont)
+        resolve_soundfonts(cfg.soundfont)   # fail fast; the renderer resolves its bank after the welcome
     except FileNotFoundError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -370,7 +383,7 @@ def run_worker(cfg: WorkerConfig) -> int:
     worker = None
     try:
         try:
-            worker = Worker(ctx, cfg, soundfonts, stop)
+            worker = Worker(ctx, cfg, stop)
         except ValueError as exc:     # unreadable CURVE keys
             raise WorkerSetupError(str(exc)) from None
         return worker.run()

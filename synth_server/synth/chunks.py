@@ -20,12 +20,15 @@ class Chunk:
     stems: ``(stems, context + target + context)`` float32; the mixture is ``stems.sum(0)``.
     offset: sample index in the song of the first target sample.
     figures: the filter's measurements on the target region (dB).
+    augment: what the excerpt's augmentation drew (``ExcerptDraw.meta``), None without augmentation;
+    with a tempo factor, ``offset`` counts samples of the tempo-changed song.
     """
 
     stems: np.ndarray
     song_id: str
     offset: int
     figures: dict = field(default_factory=dict)
+    augment: dict | None = None
 
 
 def chunk_count(length: int, audio: AudioConfig) -> int:

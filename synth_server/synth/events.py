@@ -1,6 +1,7 @@
 """MIDI events on FluidSynth's 64-sample block grid, per instrument, as arrays.
 
-``instrument_events`` runs once per song and instrument. Per excerpt, ``note_ends`` and
+``instrument_events`` runs once per song and instrument (``instrument_raw`` then ``grid_events``;
+MIDI augmentation changes the raw events in between). Per excerpt, ``note_ends`` and
 ``earliest_sounding`` tell where rendering must begin so that every note still sounding at the
 excerpt start is played from its real onset, and ``stem_events`` cuts out the events of that
 render window with numpy, the controller history before it compressed to a replay that leaves
@@ -112,13 +113,28 @@ def _bend_range(key: np.ndarray, value: np.ndarray) -> int:
     return best
 
 
-def instrument_events(inst, sample_rate: int) -> InstrumentEvents:
-    """Grid events of a pretty_midi Instrument."""
+@dataclass(frozen=True)
+class RawEvents:
+    """One instrument's events in seconds, before the grid (MIDI augmentation acts here):
+    ``notes`` ``(n, 4)`` [start, end, pitch, velocity] in onset order, ``ctl`` ``(m, 3)`` [time,
+    controller or ``BEND_KEY``, value] in time order (controllers before bends at equal times)."""
+
+    notes: np.ndarray
+    ctl: np.ndarray
+
+
+def instrument_raw(inst) -> RawEvents:
+    """A pretty_midi Instrument's events in seconds (float64)."""
     notes = np.array([(n.start, n.end, n.pitch, n.velocity) for n in inst.notes], np.float64).reshape(-1, 4)
     notes = notes[np.argsort(notes[:, 0], kind="stable")]
     ccs = [(c.time, c.number, c.value) for c in inst.control_changes]
     ctl = np.array(ccs + [(b.time, BEND_KEY, b.pitch + 8192) for b in inst.pitch_bends], np.float64).reshape(-1, 3)
-    ctl = ctl[np.argsort(ctl[:, 0], kind="stable")]        # at equal times controllers before bends
+    return RawEvents(notes, ctl[np.argsort(ctl[:, 0], kind="stable")])
+
+
+def grid_events(raw: RawEvents, sample_rate: int) -> InstrumentEvents:
+    """``RawEvents`` on the grid, with pedal releases, bend depth and note chaining worked out."""
+    notes, ctl = raw.notes, raw.ctl
     t, key, value = to_grid(ctl[:, 0], sample_rate), ctl[:, 1].astype(np.int64), ctl[:, 2].astype(np.int64)
     on, off = to_grid(notes[:, 0], sample_rate), to_grid(notes[:, 1], sample_rate)
     bends = value[key == BEND_KEY]
@@ -128,6 +144,11 @@ def instrument_events(inst, sample_rate: int) -> InstrumentEvents:
         on=on, off=off, pitch=notes[:, 2].astype(np.int64), velocity=notes[:, 3].astype(np.int64),
         let_go=_pedals_let_go(off, t, key, value), ctl_time=t, ctl_key=key, ctl_value=value,
         bend_down=float(deepest * _bend_range(key, value)), chained=chained)
+
+
+def instrument_events(inst, sample_rate: int) -> InstrumentEvents:
+    """Grid events of a pretty_midi Instrument."""
+    return grid_events(instrument_raw(inst), sample_rate)
 
 
 def note_ends(ev: InstrumentEvents, hold_limit: np.ndarray, release: np.ndarray, sample_rate: int) -> np.ndarray:

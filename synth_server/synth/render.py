@@ -21,7 +21,6 @@ Create a :class:`Renderer` only after the process has started (FluidSynth is not
 """
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from ctypes import c_int, c_void_p
@@ -30,9 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from synth_server.config import AudioConfig, InstrumentClass, RenderConfig, class_instruments
+from synth_server.synth.augment import StemVoice
 from synth_server.synth.events import (BLOCK, BEND, CONTROL, NOTE_OFF, NOTE_ON, EventError, InstrumentEvents,
-                                       earliest_sounding, instrument_events, note_ends, stem_events)
+                                       earliest_sounding, grid_events, instrument_raw, note_ends, stem_events)
 from synth_server.synth.sf2 import PresetTails, SoundfontFileError
+from synth_server.synth.soundfont import SoundfontInfo, song_hash
 
 _DRUM_BANK = 128
 _FLUID_WARN, _FLUID_INFO = 2, 3   # fluid_log_level
@@ -51,6 +52,7 @@ class _Track:
     bank: int
     program: int
     ends: np.ndarray
+    drum: bool
 
 
 def _bind_c_functions():
@@ -77,7 +79,9 @@ class Renderer:
     """Renders the stems of song excerpts. One instance per process.
 
     ``render(midi, start, length, soundfont, counters)`` -> ``(stems, length)`` float32, mono, at
-    ``audio.sample_rate``.
+    ``audio.sample_rate``. ``bank[i]`` describes loaded soundfont i (presets, kits) for
+    augmentation draws; ``render`` also takes per-stem voices, a MIDI transform and a per-stem
+    post-processing step (``pipeline.render_augmented``).
     """
 
     def __init__(self, render: RenderConfig, audio: AudioConfig, classes: tuple[InstrumentClass, ...],
@@ -91,7 +95,7 @@ class Renderer:
                                     channels=self.channels)
         self._apply_settings()
         self.soundfonts = [Path(p) for p in soundfonts]
-        self._sfids, self._tails = [], []
+        self._sfids, self._tails, self.bank = [], [], []
         for path in self.soundfonts:
             sfid = self.synth.sfload(str(path))
             if sfid < 0:
@@ -101,7 +105,8 @@ class Renderer:
             except (OSError, SoundfontFileError) as exc:
                 raise RenderError(f"cannot read the presets of soundfont {path}: {exc}") from None
             self._sfids.append(sfid)
-        self._song, self._song_stems = None, []
+            self.bank.append(SoundfontInfo.scan(path, lambda bank, prog: self.synth.sfpreset_name(sfid, bank, prog)))
+        self._song, self._song_insts, self._song_raw, self._song_events, self._song_stems = None, [], [], [], {}
         self._silence()
         self._warm_up()
 
@@ -112,6 +117,7 @@ class Renderer:
             "synth.chorus.active": int(self.cfg.chorus),
             "synth.polyphony": int(self.cfg.polyphony),
             "synth.sample-rate": float(self.audio.sample_rate),
+            "synth.dynamic-sample-loading": int(self.cfg.dynamic_samples),
         }
         for key, value in wanted.items():
             self.synth.setting(key, value)
@@ -151,17 +157,19 @@ class Renderer:
         self._write(buf, 0, buf.shape[1])
         self._silence()
 
-    def _preset(self, inst, soundfont: int) -> tuple[int, int]:
-        """(bank, program) an instrument plays: its program, or program 0 of the bank when the
-        soundfont lacks it."""
-        bank = _DRUM_BANK if inst.is_drum else 0
-        for program in (int(inst.program), 0):
+    def _preset(self, inst, voice: StemVoice) -> tuple[int, int]:
+        """(bank, program) an instrument plays: the voice's, else its own program (bank 128 for
+        drums), or program 0 of the bank when the soundfont lacks it."""
+        soundfont = voice.soundfont
+        bank = voice.bank if voice.bank is not None else _DRUM_BANK if inst.is_drum else 0
+        own = voice.program if voice.program is not None else int(inst.program)
+        for program in (own, 0):
             if self._tails[soundfont].tail(bank, program) is not None:
                 return bank, program
         raise RenderError(f"soundfont {self.soundfonts[soundfont].name} has no preset in bank {bank}")
 
     def _setup_channel(self, ch: int, track: _Track, sfid: int) -> None:
-        self._set_type(self.synth.synth, ch, 1 if track.bank == _DRUM_BANK else 0)
+        self._set_type(self.synth.synth, ch, 1 if track.drum else 0)
         if self.synth.program_select(ch, sfid, track.bank, track.program) < 0:
             raise RenderError(f"FluidSynth refuses preset {track.bank}:{track.program}")
 
@@ -179,24 +187,41 @@ class Renderer:
     # -- public ---------------------------------------------------------------------------------
     def soundfont_for(self, song_id: str) -> int:
         """Index of the soundfont used for a song (stable per song when several are loaded)."""
-        digest = hashlib.sha1(song_id.encode()).digest()
-        return int.from_bytes(digest[:4], "little") % len(self.soundfonts)
+        return song_hash(song_id) % len(self.soundfonts)
 
-    def _stems(self, midi, soundfont: int) -> list[list[_Track]]:
-        """Per class, its instruments as ``_Track``s; built once per song and soundfont and kept
-        while the same song is rendered."""
-        if self._song is None or self._song[0] is not midi or self._song[1] != soundfont:
-            sr, tails = self.audio.sample_rate, self._tails[soundfont]
-            self._song_stems = []
-            for insts in class_instruments(self.classes, midi.instruments):
-                tracks = []
-                for inst in insts:
-                    events, (bank, program) = instrument_events(inst, sr), self._preset(inst, soundfont)
-                    tail = tails.tail(bank, program)
-                    tracks.append(_Track(events, bank, program, note_ends(events, tail.hold_limit, tail.release, sr)))
-                self._song_stems.append(tracks)
-            self._song = (midi, soundfont)
-        return self._song_stems
+    def _stems(self, midi, voices: list[StemVoice] | int, transform=None) -> list[list[_Track]]:
+        """Per class, its instruments as ``_Track``s for the stem's voice (an int: that soundfont
+        for every stem, the song's presets). The raw and grid
+        events are built once per song and kept while it is rendered, the tracks once per stem
+        and voice; ``transform`` (raw tracks per stem -> raw tracks, e.g. ``midi_augment.apply``)
+        makes fresh ones."""
+        sr = self.audio.sample_rate
+        if isinstance(voices, int):
+            voices = [StemVoice(voices)] * len(self.classes)
+        if self._song is not midi:
+            groups = class_instruments(self.classes, midi.instruments)
+            self._song_raw = [[instrument_raw(inst) for inst in insts] for insts in groups]
+            self._song_events = [[grid_events(raw, sr) for raw in stem] for stem in self._song_raw]
+            self._song, self._song_insts, self._song_stems = midi, groups, {}
+        events = self._song_events
+        if transform is not None:
+            events = [[grid_events(raw, sr) for raw in stem] for stem in transform(self._song_raw)]
+        out = []
+        for i, (insts, voice) in enumerate(zip(self._song_insts, voices)):
+            key = (i, voice)
+            if transform is None and key in self._song_stems:
+                out.append(self._song_stems[key])
+                continue
+            tracks = []
+            for inst, ev in zip(insts, events[i]):
+                bank, program = self._preset(inst, voice)
+                tail = self._tails[voice.soundfont].tail(bank, program)
+                tracks.append(_Track(ev, bank, program, note_ends(ev, tail.hold_limit, tail.release, sr),
+                                     bool(inst.is_drum)))
+            if transform is None:
+                self._song_stems[key] = tracks
+            out.append(tracks)
+        return out
 
     def render_start(self, tracks: list[_Track], start: int) -> tuple[int, bool]:
         """Where a stem's render of an excerpt at ``start`` begins (a multiple of BLOCK), and
@@ -208,20 +233,25 @@ class Renderer:
         r0 = max(want, start - most) // BLOCK * BLOCK
         return r0, r0 > want
 
-    def render(self, midi, start: int, length: int, soundfont: int = 0, counters: Counter | None = None) -> np.ndarray:
+    def render(self, midi, start: int, length: int, soundfont: int = 0, counters: Counter | None = None,
+               voices: list[StemVoice] | None = None, transform=None, post=None) -> np.ndarray:
         """Stems of samples [start, start + length) of a song -> ``(stems, length)`` float32.
 
         ``start`` may be any sample index (>= 0); each stem's render begins at ``render_start``.
         ``counters["preroll_capped"]`` counts excerpts where the cap cut a stem's pre-roll (the
         notes whose key is still down at the cut then strike again there).
+        ``voices[i]`` (soundfont, preset) replaces ``soundfont`` per stem; ``transform`` changes
+        the raw events (see ``_stems``); ``post(i, wave, a)`` gets stem i's whole render
+        ``(n,)`` float32, pre-roll included, the excerpt at ``[a:a + length]``, and returns it
+        processed (effects).
         """
         if start < 0 or length <= 0:
             raise ValueError(f"bad excerpt start={start} length={length}")
         r1 = -(-(start + length) // BLOCK) * BLOCK
-        sfid = self._sfids[soundfont]
+        voices = voices or [StemVoice(soundfont)] * len(self.classes)
         out = np.zeros((len(self.classes), length), np.float32)
         capped = False
-        for i, tracks in enumerate(self._stems(midi, soundfont)):
+        for i, tracks in enumerate(self._stems(midi, voices, transform)):
             if not tracks:
                 continue
             if len(tracks) > self.channels:
@@ -233,7 +263,7 @@ class Renderer:
             except EventError as exc:
                 raise RenderError(str(exc)) from None
             for ch, track in enumerate(tracks):
-                self._setup_channel(ch, track, sfid)
+                self._setup_channel(ch, track, self._sfids[voices[i].soundfont])
             buf = np.empty((2, r1 - r0), np.float32)
             cursor = r0
             for sample, kind, ch, a, b in events.tolist():
@@ -242,8 +272,13 @@ class Renderer:
                 self._play(kind, ch, a, b)
             self._write(buf, cursor - r0, r1 - r0)
             a = start - r0
-            np.add(buf[0, a:a + length], buf[1, a:a + length], out=out[i])
-            out[i] *= 0.5
+            if post is None:
+                np.add(buf[0, a:a + length], buf[1, a:a + length], out=out[i])
+                out[i] *= 0.5
+            else:
+                wave = buf[0] + buf[1]
+                wave *= 0.5
+                out[i] = post(i, wave, a)[a:a + length]
             self._silence()
         if capped and counters is not None:
             counters["preroll_capped"] += 1

@@ -71,8 +71,28 @@ def write_spectrogram(path: Path, stems: np.ndarray, stem_names: list[str], audi
     return True
 
 
+def _augment_cell(augment: dict | None, stem: str) -> str:
+    """What augmentation drew for one stem: soundfont, preset, effects, level."""
+    if not augment or stem not in augment.get("stems", {}):
+        return "<td></td>"
+    s = augment["stems"][stem]
+    preset = s.get("preset_name") or ("song's" if s.get("program") is None else f"program {s['program']}")
+    fx = ", ".join(f"{name}({', '.join(f'{k}={v}' for k, v in params.items())})" for name, params in s["effects"])
+    gain = "" if s.get("gain_db") is None else f"; gain {s['gain_db']:+.1f} dB (offset {s['level_offset_db']:+.1f})"
+    return f"<td><small>{html.escape(s['soundfont'])}: {html.escape(preset)}{gain}<br>{html.escape(fx)}</small></td>"
+
+
+def _augment_line(augment: dict | None) -> str:
+    if not augment:
+        return ""
+    vel = augment["velocity"]
+    return (f"<p>augment <b>{html.escape(str(augment['preset']))}</b>: transpose {augment['transpose']:+d}, "
+            f"tempo x{augment['tempo']}, velocity x{vel[0]} ^{vel[1]}, jitter {augment['jitter_ms']} ms</p>")
+
+
 def write_index(out: Path, folders: list[Path]) -> Path:
-    """``OUT/index.html``: per chunk, its metadata, a player per wav and the spectrogram."""
+    """``OUT/index.html``: per chunk, its metadata (with what augmentation drew per stem), a player
+    per wav and the spectrogram."""
     parts = ["<!doctype html><meta charset='utf-8'><title>stemstream dump</title>",
              "<style>body{font-family:sans-serif}section{border-bottom:1px solid #ccc;padding:8px}"
              "audio{height:28px;vertical-align:middle}td{padding:2px 8px}</style>",
@@ -83,13 +103,15 @@ def write_index(out: Path, folders: list[Path]) -> Path:
         rows = "".join(
             f"<tr><td>{html.escape(stem)}</td><td>{meta['rms_db'].get(stem, meta['mixture_rms_db'])} dBFS</td>"
             f"<td><audio controls preload=none src='{name}/{html.escape(stem)}.wav'></audio></td>"
-            f"<td><audio controls preload=none src='{name}/context/{html.escape(stem)}.wav'></audio></td></tr>"
+            f"<td><audio controls preload=none src='{name}/context/{html.escape(stem)}.wav'></audio></td>"
+            f"{_augment_cell(meta.get('augment'), stem)}</tr>"
             for stem in ["mixture"] + meta["stems"])
-        figures = html.escape(json.dumps({k: v for k, v in meta.items() if k not in ("stems", "rms_db")}))
+        figures = html.escape(json.dumps({k: v for k, v in meta.items() if k not in ("stems", "rms_db", "augment")}))
         img = (f"<img src='{name}/spectrogram.png' width=640>" if (folder / "spectrogram.png").exists()
                else "<p><i>no spectrogram (pip install matplotlib)</i></p>")
-        parts.append(f"<section><h3>{name}</h3><code>{figures}</code><table><tr><th></th><th>RMS</th>"
-                     f"<th>target</th><th>with context</th></tr>{rows}</table>{img}</section>")
+        parts.append(f"<section><h3>{name}</h3><code>{figures}</code>{_augment_line(meta.get('augment'))}"
+                     f"<table><tr><th></th><th>RMS</th><th>target</th><th>with context</th><th>augmentation</th></tr>"
+                     f"{rows}</table>{img}</section>")
     path = out / "index.html"
     path.write_text("\n".join(parts))
     return path
@@ -104,14 +126,16 @@ def dump_from_corpus(cfg: ChunkSourceConfig, n: int, out: Path) -> tuple[list[Pa
     from synth_server.synth.corpus import build_index
     from synth_server.synth.pipeline import corpus_chunks
     from synth_server.synth.render import Renderer
-    from synth_server.synth.soundfont import resolve_soundfonts
+    from synth_server.synth.soundfont import check_holdout, soundfonts_for
 
     songs = build_index(cfg.corpus).eligible(cfg.split)
     if not songs:
         raise ValueError(f"no eligible song in split {cfg.split!r} of {cfg.corpus.root} "
                          "(run `synth-server analyze` to see why)")
     rng = np.random.default_rng(cfg.seed)
-    renderer = Renderer(cfg.render, cfg.audio, cfg.corpus.classes, resolve_soundfonts(cfg.render.soundfont))
+    soundfonts = soundfonts_for(cfg.render.soundfont, cfg.augment.enabled)
+    check_holdout(soundfonts, cfg.augment.soundfont.holdout)
+    renderer = Renderer(cfg.render, cfg.audio, cfg.corpus.classes, soundfonts)
     names = [c.name for c in cfg.corpus.classes]
     per_song = min(cfg.max_chunks_per_song, max(1, -(-n // 4)))
     source = dataclasses.replace(cfg, max_chunks_per_song=per_song)
@@ -126,7 +150,8 @@ def dump_from_corpus(cfg: ChunkSourceConfig, n: int, out: Path) -> tuple[list[Pa
         for chunk in chunks:
             meta = {"song": song.song_id, "path": song.path, "offset": chunk.offset,
                     "offset_seconds": round(chunk.offset / cfg.audio.sample_rate, 4),
-                    "soundfont": sfont, "programs": programs, "filter": chunk.figures}
+                    "programs": programs, "filter": chunk.figures}
+            meta.update({"augment": chunk.augment} if chunk.augment is not None else {"soundfont": sfont})
             folders.append(write_chunk(out, chunk.stems, names, cfg.audio, meta))
     write_index(out, folders)
     return folders, counters
@@ -156,7 +181,7 @@ def dump_from_stream(address: str, n: int, out: Path, timeout: float = 60.0, bat
                     break
                 meta = {"song": meta["song"], "offset": meta["offset"], "uses": meta.get("uses"),
                         "offset_seconds": round(meta["offset"] / spec.sample_rate, 4), "source": address,
-                        "dtype": spec.dtype}
+                        "dtype": spec.dtype, **({"augment": meta["augment"]} if "augment" in meta else {})}
                 folders.append(write_chunk(out, np.ascontiguousarray(stems), list(spec.stems), audio, meta))
     write_index(out, folders)
     return folders

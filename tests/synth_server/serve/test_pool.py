@@ -185,3 +185,17 @@ def test_freshness_matches_independent_trace():
     assert fresh["first_use_share"] == pytest.approx(len(uses) / sum(uses.values()))
     assert fresh["mean_reuse_distance"] == pytest.approx(np.mean(gaps))
     assert max(gaps) > 1
+
+
+def test_augmentation_records_travel_with_their_chunks():
+    pool = make_pool(capacity=4, reuse=1)
+    stems, meta = chunks(0, 4)
+    for i in (1, 3):
+        meta[i]["augment"] = {"tempo": 1.0 + i / 10}
+    pool.add(stems, meta)
+    got, out = pool.draw(4, "c")
+    by_index = {int(g[0, 0]): m for g, m in zip(got, out)}
+    assert by_index[1]["augment"] == {"tempo": 1.1} and by_index[3]["augment"] == {"tempo": 1.3}
+    assert "augment" not in by_index[0] and "augment" not in by_index[2]
+    pool.add(*chunks(4, 4))                          # freed slots forget the old records
+    assert all("augment" not in m for m in pool.draw(4, "c")[1])

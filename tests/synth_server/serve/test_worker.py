@@ -85,3 +85,44 @@ def test_worker_obeys_credit_skips_bad_song_and_exits_on_sigterm(fake_broker, tm
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_augmenting_worker_sends_what_it_drew_and_logs_its_memory(fake_broker, tmp_path):
+    import pytest
+
+    from synth_server.augment_config import PRESETS
+
+    folder = Path("/usr/share/sounds/sf2")
+    if len(list(folder.glob("*.sf2"))) < 2:
+        pytest.skip("needs a soundfont bank in /usr/share/sounds/sf2 (make system-deps)")
+    sock, address = fake_broker
+    good = song_bytes(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "synth_server", "worker", "--connect", address, "--id", "w-aug",
+                             "--soundfont", str(folder)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        ident, header, _ = recv(sock, 30)
+        source = ChunkSourceConfig(corpus=CorpusConfig(root=tmp_path), audio=AUDIO, augment=PRESETS["full"],
+                                   render=RenderConfig(excerpt=1.0), max_chunks_per_song=8)
+        sock.send_multipart([ident, *encode({"type": "welcome", "source": source_to_json(source), "seed": 7,
+                                             "dtype": "int16", "songs": [["good", 6.0]]})])
+        sock.send_multipart([ident, *encode({"type": "credit", "n": 8})])
+        meta, deadline = [], time.monotonic() + 60
+        while time.monotonic() < deadline and len(meta) < 8:
+            msg = recv(sock, 1.0)
+            if msg is None:
+                continue
+            who, header, payload = msg
+            if header["type"] == "song_request":
+                sock.send_multipart([who, *encode({"type": "song_data", "song_id": "good"}, good)])
+            elif header["type"] == "chunks":
+                meta += decode_batch(header, payload, SPEC)[2]
+        assert len(meta) == 8
+        assert all(m["augment"]["preset"] == "full" and set(m["augment"]["stems"]) == set(SPEC.stems) for m in meta)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        log = proc.stdout.read().decode()
+        assert "renderer with 4 soundfont(s)" in log and "RSS" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from synth_server.augment_config import DEFAULT_PRESET
 from synth_server.cli.main import main
 from synth_server.synth.demo import write_demo_corpus
 
@@ -23,7 +24,10 @@ def test_dump_writes_chunks_with_audio_facts(tmp_path):
     for folder in folders:
         meta = json.loads((folder / "meta.json").read_text())
         assert meta["stems"] == ["drums", "piano", "strings", "bass"]
-        assert meta["soundfont"].endswith(".sf2") and set(meta["programs"]) == set(meta["stems"])
+        assert set(meta["programs"]) == set(meta["stems"])
+        aug = meta["augment"]            # the default preset draws per stem; the record says what
+        assert aug["preset"] == DEFAULT_PRESET and set(aug["stems"]) == set(meta["stems"])
+        assert all(stem["soundfont"] in index for stem in aug["stems"].values())
         assert {"mix_db", "stem_db", "residual_db"} <= set(meta["filter"])
         mix, sr = sf.read(folder / "mixture.wav", dtype="float32")
         stems = np.stack([sf.read(folder / f"{s}.wav", dtype="float32")[0] for s in meta["stems"]])
