@@ -182,7 +182,7 @@ class EvalConfig:
     excerpts with ``holdout_soundfonts``; or the songs of ``stems_dir`` (MUSDB18-HQ / Slakh2100
     layouts, ``stems_map`` a mapping file, ``exclude_other`` drops sources outside the classes
     from the mixture). ``unit="chunk"`` scores 100 ms chunks instead (one checkpoint, corpus
-    only). ``n`` None means ``DEFAULT_N[unit]``. ``window``: target samples per model call, as
+    only). ``n`` None means ``DEFAULT_N[unit]`` (every song of ``stems_dir``). ``window``: target samples per model call, as
     ``trainer separate``. ``bss`` False skips BSS-eval (SI-SDR only).
     """
 
@@ -219,9 +219,9 @@ class EvalConfig:
                                      or self.holdout_soundfonts or self.report_dir is not None):
             raise ValueError("--unit chunk scores one checkpoint on a --corpus (no --stems-dir, "
                              "--holdout-soundfont or report)")
-        if self.n is None:
+        if self.n is None and self.stems_dir is None:
             object.__setattr__(self, "n", DEFAULT_N[self.unit])
-        if self.n < 1 or self.batch_size < 1 or self.window < 1 or not self.seconds > 0:
+        if (self.n is not None and self.n < 1) or self.batch_size < 1 or self.window < 1 or not self.seconds > 0:
             raise ValueError(f"--n, --batch-size and --window must be >= 1 and --seconds > 0 (got n={self.n}, "
                              f"batch_size={self.batch_size}, window={self.window}, seconds={self.seconds})")
 

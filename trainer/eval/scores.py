@@ -70,7 +70,7 @@ def bss_eval_v4(references: np.ndarray, estimates: np.ndarray, sample_rate: int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN rows: no frame scored
         out = {name: np.nanmedian(v, axis=1) for name, v in (("sdr", sdr), ("sir", sir), ("sar", sar))}
-    out["frames"] = np.sum(np.isfinite(sdr), axis=1)
+    out["frames"] = np.sum(~np.isnan(sdr), axis=1)
     return out
 
 

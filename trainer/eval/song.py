@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Sized
 
 import numpy as np
 import torch
@@ -89,7 +89,7 @@ def estimates_of(models: list[Model], excerpt: Excerpt, window: int, device: tor
 OnExcerpt = Callable[[str, Excerpt, dict, dict], None]
 
 
-def score_condition(name: str, excerpts: list[Excerpt], models: list[Model], stems: list[str], cfg: EvalConfig,
+def score_condition(name: str, excerpts: Iterable[Excerpt], models: list[Model], stems: list[str], cfg: EvalConfig,
                     device: torch.device, on_excerpt: OnExcerpt | None = None) -> dict:
     """Score one condition's excerpts: -> ``{"name", "excerpts": [...], "summary": {...}}``.
 
@@ -110,7 +110,7 @@ def score_condition(name: str, excerpts: list[Excerpt], models: list[Model], ste
                                                           for system, per_stem in scores.items()}})
         if on_excerpt is not None:
             on_excerpt(name, excerpt, estimates, scores)
-        log.info("eval %s: excerpt %d/%d %s (%.1f s)", name, k + 1, len(excerpts), excerpt.id,
+        log.info("eval %s: excerpt %d %s (%.1f s)", name, k + 1, excerpt.id,
                  time.perf_counter() - t0)
     return {"name": name, "excerpts": rows,
             "summary": {system: summarise(values, stems) for system, values in per_system.items()}}
@@ -131,13 +131,13 @@ def timbre_gap(reference: dict, other: dict, systems: list[str]) -> dict:
     return out
 
 
-def conditions_of(cfg: EvalConfig, stems: list[str], sample_rate: int, counters: Counter) -> list[tuple[str, list]]:
+def conditions_of(cfg: EvalConfig, stems: list[str], sample_rate: int, counters: Counter) -> list[tuple[str, Sized]]:
     """The material: ``[(condition name, excerpts)]`` from the corpus or the stems folder."""
     if cfg.stems_dir is not None:
-        from .stems_dir import load_stems_dir
+        from .stems_dir import StemsDir
 
-        return [("stems-dir", load_stems_dir(cfg.stems_dir, classes_for(stems), sample_rate,
-                                             cfg.stems_map, cfg.exclude_other, counters))]
+        return [("stems-dir", StemsDir(cfg.stems_dir, classes_for(stems), sample_rate, cfg.stems_map,
+                                       cfg.exclude_other, counters, cfg.n))]
     soundfonts = [cfg.soundfont] + ([cfg.holdout_soundfonts[0] if len(cfg.holdout_soundfonts) == 1
                                      else _folder_of(cfg.holdout_soundfonts)] if cfg.holdout_soundfonts else [])
     sets = corpus_excerpts(cfg.corpus, classes_for(stems), cfg.split, cfg.n, cfg.seconds, cfg.seed,
@@ -171,7 +171,7 @@ def run_song_eval(cfg: EvalConfig, on_excerpt: OnExcerpt | None = None) -> dict:
                   for name, excerpts in material]
     if len(conditions) == 2:
         conditions[1]["gap_db"] = timbre_gap(conditions[0], conditions[1], [m.name for m in models] + ["oracle"])
-    seconds = sum(len(e.mixture) for _, excerpts in material for e in excerpts) / sample_rate
+    seconds = sum(row["seconds"] for cond in conditions for row in cond["excerpts"])
     return {
         "schema": SCHEMA, "version": SCHEMA_VERSION, "unit": "excerpt",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
