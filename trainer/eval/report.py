@@ -26,11 +26,11 @@ from .song import write_json
 
 HEADROOM = 10 ** (-1 / 20)         # the mixture's peak after the excerpt's gain (-1 dBFS)
 SORT_JS = """
-document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
-  const body = th.closest('table').tBodies[0], rows = Array.from(body.rows);
+document.querySelectorAll('table.sortable th').forEach(th => th.addEventListener('click', () => {
+  const col = th.cellIndex, body = th.closest('table').tBodies[0], rows = Array.from(body.rows);
   const up = th.dataset.dir !== 'asc'; th.dataset.dir = up ? 'asc' : 'desc';
   const key = r => { const v = r.cells[col].dataset.v ?? r.cells[col].textContent;
-                     const x = parseFloat(v); return isNaN(x) ? v : x; };
+                     const x = parseFloat(v); return isNaN(x) ? (v === '' ? Infinity : v) : x; };
   rows.sort((a, b) => { const x = key(a), y = key(b);
     const c = typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y));
     return up ? c : -c; });

@@ -1,7 +1,7 @@
 """Real multitrack songs from folders, mapped onto our instrument classes.
 
-``DIR`` is one song folder or a folder of them (two levels are searched, e.g. ``MUSDB18-HQ/test/<song>/``
-or ``slakh2100/test/TrackXXXXX/``). Layouts:
+``DIR`` is one song folder or holds song folders up to three levels down (e.g.
+``MUSDB18-HQ/test/<song>/`` or ``slakh2100/test/TrackXXXXX/``). Layouts:
 
 * MUSDB18-HQ: ``mixture.wav`` and ``drums.wav``, ``bass.wav``, ``other.wav``, ``vocals.wav``; a file
   whose name is a class name is that class (``drums``, ``bass``).
@@ -40,6 +40,7 @@ from .excerpts import Excerpt
 log = logging.getLogger(__name__)
 
 MUSDB_MIX, SLAKH_MIX, SLAKH_META = "mixture.wav", "mix.flac", "metadata.yaml"
+SEARCH_DEPTH = 3        # e.g. DIR/musdb18hq/test/<song>/
 
 
 def layout_of(folder: Path) -> str | None:
@@ -51,14 +52,18 @@ def layout_of(folder: Path) -> str | None:
     return None
 
 
-def song_folders(root: Path) -> list[Path]:
-    """Song folders at ``root``, one or two levels below it, sorted; ValueError when none."""
+def song_folders(root: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
+    """Song folders at ``root`` or up to ``depth`` levels below it (not inside a song), sorted by
+    path; ValueError when none."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"--stems-dir {root}: no such folder")
-    candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir())
-    candidates += sorted(q for p in candidates[1:] for q in p.iterdir() if q.is_dir())
-    found = sorted({p for p in candidates if layout_of(p)})
+    found, level = [], [root]
+    for _ in range(depth + 1):
+        songs = [p for p in level if layout_of(p)]
+        found += songs
+        level = sorted(q for p in level if p not in songs for q in p.iterdir() if q.is_dir())
+    found.sort()
     if not found:
         raise ValueError(f"--stems-dir {root}: no song folder in MUSDB18-HQ ({MUSDB_MIX} + stem wavs) or "
                          f"Slakh2100 ({SLAKH_MIX}, stems/, {SLAKH_META}) layout")
