@@ -22,6 +22,12 @@ def save_tiny(path, seed: int, rate: int = RATE, stems=STEMS):
 
 
 @pytest.fixture(scope="session")
+def tiny_factory():
+    """``tiny_factory(path, seed, rate=8000) -> path``: save a randomly initialised tiny checkpoint."""
+    return save_tiny
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
     """Two differently initialised tiny models: runs/a/last.pt and runs/b/last.pt."""
     root = tmp_path_factory.mktemp("runs")

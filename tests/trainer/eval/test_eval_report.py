@@ -67,7 +67,7 @@ def test_report_page_plays_and_shows_everything(busy_corpus, tiny_checkpoints, t
     out = tmp_path / "site" / "report"
     code = main(["report", "--checkpoint", str(tiny_checkpoints[0]), "--checkpoint", str(tiny_checkpoints[1]),
                  "--corpus", str(root), "--split", split, "--n", "2", "--seconds", "1.5", "--out", str(out),
-                 "--device", "cpu"])
+                 "--device", "cpu", "--bss", "off"])
     assert code == 0 and "report:" in capsys.readouterr().out
     result = json.loads((out / "eval.json").read_text())
     page = (out / "index.html").read_text()
