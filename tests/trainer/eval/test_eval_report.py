@@ -62,6 +62,7 @@ def browser_check(root, timeout=90) -> dict:
     return json.loads(found.group(1))
 
 
+@pytest.mark.slow
 def test_report_page_plays_and_shows_everything(busy_corpus, tiny_checkpoints, tmp_path, capsys):
     root, split = busy_corpus
     out = tmp_path / "site" / "report"

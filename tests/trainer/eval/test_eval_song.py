@@ -19,6 +19,7 @@ def finite_json(path):
     return json.loads(path.read_text(), parse_constant=bad)
 
 
+@pytest.mark.slow
 def test_two_models_side_by_side_with_baselines_and_timbre_gap(busy_corpus, tiny_checkpoints, tmp_path):
     root, split = busy_corpus
     cfg = EvalConfig(checkpoints=tuple(tiny_checkpoints), corpus=root, split=split, n=2, seconds=1.5,

@@ -101,6 +101,7 @@ def test_a_mapping_file_overrides_names_and_programs(stems_root, tmp_path):
         StemsDir(tmp_path / "empty", DEFAULT_CLASSES, RATE, None, False, Counter())
 
 
+@pytest.mark.slow
 def test_eval_on_a_stems_dir_skips_and_counts_silent_classes(stems_root, tiny_checkpoints):
     result, table = run_eval(EvalConfig(checkpoints=(tiny_checkpoints[0],), stems_dir=stems_root, device="cpu"))
     (cond,) = result["conditions"]
