@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := libfluidsynth3 fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small avldrums.lv2-soundfont
+APT_PACKAGES := libfluidsynth3 fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small avldrums.lv2-soundfont chromium
 
 .PHONY: test test-fast system-deps venv bench clean
 
@@ -40,6 +40,7 @@ bench: venv
 	$(PY) bench/broker_capacity.py
 	$(PY) bench/train.py
 	$(PY) bench/models.py
+	$(PY) bench/eval.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -45,7 +45,7 @@ from train import step_figures  # noqa: E402
 from synth_server.config import AudioConfig, CorpusConfig, RenderConfig  # noqa: E402
 from trainer.checkpoint import load_separator  # noqa: E402
 from trainer.config import TrainConfig, resolve_device  # noqa: E402
-from trainer.evaluate import EXCERPT_S, SILENT_DBFS, classes_for, eval_chunks  # noqa: E402
+from trainer.eval.chunks import EXCERPT_S, SILENT_DBFS, classes_for, eval_chunks  # noqa: E402
 from trainer.metrics import si_sdr  # noqa: E402
 from trainer.models import PRESETS, preset  # noqa: E402
 from trainer.models.profile import counting_model, forward_flops, model_figures  # noqa: E402

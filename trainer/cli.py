@@ -1,4 +1,4 @@
-"""`trainer` command line: train (from a synth-server stream), eval, separate, models.
+"""`trainer` command line: train (from a synth-server stream), eval, report, separate, models.
 
 Flags are parsed once into the typed configs of ``trainer.config``; torchrun's RANK /
 WORLD_SIZE / LOCAL_RANK are read here and nowhere else. Exit codes: 0 ok, 1 training failed
@@ -16,7 +16,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from .config import AMP_MODES, COMPILE_MODES, DEVICES, DistConfig, EvalConfig, SeparateConfig, TrainConfig
+from .config import AMP_MODES, COMPILE_MODES, DEVICES, UNITS, DistConfig, EvalConfig, SeparateConfig, TrainConfig
 from .losses import LOSSES
 from .models import PRESETS, load_model_config
 
@@ -122,17 +122,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if summary.interrupted else 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import format_table, run_eval
+def eval_config(args: argparse.Namespace, report_dir: Path | None = None) -> EvalConfig:
+    """The EvalConfig of parsed ``eval`` / ``report`` flags (ValueError for values that do not fit)."""
+    return EvalConfig(
+        checkpoints=tuple(args.checkpoint), corpus=args.corpus, stems_dir=args.stems_dir, unit=args.unit,
+        n=args.n, seconds=args.seconds, seed=args.seed, split=args.split, soundfont=args.soundfont,
+        holdout_soundfonts=tuple(args.holdout_soundfont), stems_map=args.stems_map,
+        exclude_other=args.exclude_other, bss=args.bss == "museval", json_out=args.json_out,
+        plot_out=args.plot_out, table_out=args.table_out, report_dir=report_dir or args.report,
+        device=args.device, batch_size=args.batch_size, window=args.window)
+
+
+def cmd_eval(args: argparse.Namespace, report_dir: Path | None = None) -> int:
+    from .eval.run import run_eval
 
     try:
-        result = run_eval(EvalConfig(checkpoint=args.checkpoint, corpus=args.corpus, n=args.n, seed=args.seed,
-                            split=args.split, json_out=args.json_out, plot_out=args.plot_out,
-                            device=args.device, batch_size=args.batch_size, soundfont=args.soundfont))
+        _result, table = run_eval(eval_config(args, report_dir))
     except (ValueError, FileNotFoundError) as exc:
         return _error(str(exc))
-    print(format_table(result))
+    print(table)
+    if report_dir or args.report:
+        print(f"report: {(report_dir or args.report) / 'index.html'}")
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return cmd_eval(args, report_dir=args.out)
 
 
 def cmd_separate(args: argparse.Namespace) -> int:
@@ -229,19 +244,41 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="SI-SDR of a checkpoint on held-out rendered chunks")
-    p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--corpus", required=True, type=Path, help="MIDI folder")
-    p.add_argument("--n", type=_positive, default=256, help="chunks to score")
+def _eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, type=Path, action="append",
+                   help="checkpoint to score; repeat to compare models on the same excerpts")
+    material = p.add_mutually_exclusive_group(required=True)
+    material.add_argument("--corpus", type=Path, help="MIDI folder: render held-out excerpts")
+    material.add_argument("--stems-dir", type=Path, help="real multitracks: MUSDB18-HQ or Slakh2100 song folders")
+    p.add_argument("--unit", default="excerpt", choices=UNITS, help="excerpt (songs) or chunk (100 ms chunks)")
+    p.add_argument("--n", type=_positive, default=None, help="excerpts (default 32) or chunks (default 256)")
+    p.add_argument("--seconds", type=float, default=10.0, help="excerpt length")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--soundfont", type=Path, default=None, help="in-distribution soundfont (file or folder)")
+    p.add_argument("--holdout-soundfont", type=Path, action="append", default=[],
+                   help="held-out timbres: render the same excerpts with this soundfont (file or folder)")
+    p.add_argument("--stems-map", type=Path, default=None, help="TOML mapping of stem names to classes")
+    p.add_argument("--exclude-other", action="store_true",
+                   help="drop sources outside the classes from the mixture (default: they stay in it)")
+    p.add_argument("--bss", default="museval", choices=("museval", "off"), help="BSS-eval v4 SDR/SIR/SAR")
     p.add_argument("--json", dest="json_out", type=Path, default=None, help="write the results as JSON")
-    p.add_argument("--plot", dest="plot_out", type=Path, default=None, help="write a plot (needs matplotlib)")
+    p.add_argument("--plot", dest="plot_out", type=Path, default=None, help="write a bar chart (PNG)")
+    p.add_argument("--table", dest="table_out", type=Path, default=None, help="write the text table")
     p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--batch-size", type=_positive, default=16)
-    p.add_argument("--soundfont", type=Path, default=None)
+    p.add_argument("--batch-size", type=_positive, default=16, help="chunks per forward pass (--unit chunk)")
+    p.add_argument("--window", type=_positive, default=44100, help="target samples per model call (as separate)")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="score checkpoints on held-out excerpts, real multitracks or chunks")
+    _eval_flags(p)
+    p.add_argument("--report", type=Path, default=None, help="also write the HTML listening report here")
     p.set_defaults(func=cmd_eval)
+    r = sub.add_parser("report", help="HTML listening report: eval plus audio, pictures and scores per excerpt")
+    _eval_flags(r)
+    r.add_argument("--out", required=True, type=Path, help="report folder (index.html, eval.json, audio, images)")
+    r.set_defaults(func=cmd_report, report=None)
 
 
 def _add_separate(sub) -> None:

@@ -169,20 +169,66 @@ def resolve_compile(mode: str, device: torch.device) -> bool:
     return mode == "on" or (mode == "auto" and device.type == "cuda")
 
 
+UNITS = ("excerpt", "chunk")
+DEFAULT_N = {"excerpt": 32, "chunk": 256}
+
+
 @dataclass(frozen=True)
 class EvalConfig:
-    """``trainer eval``: score a checkpoint on ``n`` chunks rendered from ``corpus`` (``split``)."""
+    """``trainer eval`` / ``trainer report``: score ``checkpoints`` side by side (see docs/evaluation.md).
 
-    checkpoint: Path
-    corpus: Path
-    n: int = 256
+    Material: ``n`` excerpts of ``seconds`` rendered from ``corpus`` (split ``split``, seed
+    ``seed``) with ``soundfont`` (the in-distribution timbres) and, when given, the same
+    excerpts with ``holdout_soundfonts``; or the songs of ``stems_dir`` (MUSDB18-HQ / Slakh2100
+    layouts, ``stems_map`` a mapping file, ``exclude_other`` drops sources outside the classes
+    from the mixture). ``unit="chunk"`` scores 100 ms chunks instead (one checkpoint, corpus
+    only). ``n`` None means ``DEFAULT_N[unit]`` (every song of ``stems_dir``). ``window``: target samples per model call, as
+    ``trainer separate``. ``bss`` False skips BSS-eval (SI-SDR only).
+    """
+
+    checkpoints: tuple[Path, ...]
+    corpus: Path | None = None
+    stems_dir: Path | None = None
+    unit: str = "excerpt"
+    n: int | None = None
+    seconds: float = 10.0
     seed: int = 1234
     split: str = "test"
+    soundfont: Path | None = None
+    holdout_soundfonts: tuple[Path, ...] = ()
+    stems_map: Path | None = None
+    exclude_other: bool = False
+    bss: bool = True
     json_out: Path | None = None
     plot_out: Path | None = None
+    table_out: Path | None = None
+    report_dir: Path | None = None
     device: str = "auto"
     batch_size: int = 16
-    soundfont: Path | None = None
+    window: int = 44100
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoints", tuple(Path(p) for p in self.checkpoints))
+        if not self.checkpoints:
+            raise ValueError("give at least one --checkpoint")
+        if self.unit not in UNITS:
+            raise ValueError(f"--unit must be one of {UNITS}, got {self.unit!r}")
+        if (self.corpus is None) == (self.stems_dir is None):
+            raise ValueError("give exactly one of --corpus (rendered excerpts) and --stems-dir (real multitracks)")
+        if self.unit == "chunk" and (self.stems_dir is not None or len(self.checkpoints) > 1
+                                     or self.holdout_soundfonts or self.report_dir is not None):
+            raise ValueError("--unit chunk scores one checkpoint on a --corpus (no --stems-dir, "
+                             "--holdout-soundfont or report)")
+        if self.n is None and self.stems_dir is None:
+            object.__setattr__(self, "n", DEFAULT_N[self.unit])
+        if (self.n is not None and self.n < 1) or self.batch_size < 1 or self.window < 1 or not self.seconds > 0:
+            raise ValueError(f"--n, --batch-size and --window must be >= 1 and --seconds > 0 (got n={self.n}, "
+                             f"batch_size={self.batch_size}, window={self.window}, seconds={self.seconds})")
+
+    @property
+    def checkpoint(self) -> Path:
+        """The first (for ``--unit chunk`` the only) checkpoint."""
+        return self.checkpoints[0]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Write chunks to disk to look at and listen to.
 
 Layout per chunk: ``OUT/<chunk_id>/mixture.wav`` and ``<stem>.wav`` (target region),
-``OUT/<chunk_id>/context/`` (the same with context), ``meta.json`` and, when matplotlib is
-installed, ``spectrogram.png``; plus ``OUT/index.html`` with players for every chunk.
+``OUT/<chunk_id>/context/`` (the same with context), ``meta.json`` and ``spectrogram.png`` (one
+shared dB scale per chunk); plus ``OUT/index.html`` with players for every chunk.
 """
 from __future__ import annotations
 
@@ -47,28 +47,23 @@ def write_chunk(out: Path, stems: np.ndarray, stem_names: list[str], audio: Audi
     return folder
 
 
-def write_spectrogram(path: Path, stems: np.ndarray, stem_names: list[str], audio: AudioConfig) -> bool:
-    """Spectrograms of the mixture and each stem (context shaded). False when matplotlib is missing."""
-    try:
-        import matplotlib
+def write_spectrogram(path: Path, stems: np.ndarray, stem_names: list[str], audio: AudioConfig) -> None:
+    """Spectrograms of the mixture and each stem (context shaded) on one dB scale: the mixture's
+    loudest bin is the top of the scale for every row, so a silent stem is drawn black."""
+    from synth_server.tools.spectrogram import draw_spectrogram, plt, shared_range
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     rows = [("mixture", stems.sum(0))] + list(zip(stem_names, stems))
+    vrange = shared_range([wave for _, wave in rows])
     fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.6 * len(rows)), sharex=True)
     for ax, (name, wave) in zip(axes, rows):
-        ax.specgram(wave + 1e-9, NFFT=512, noverlap=384, Fs=audio.sample_rate, cmap="magma")
+        draw_spectrogram(ax, wave, audio.sample_rate, vrange, max_hz=8000)
         for edge in (audio.context, audio.context + audio.target):
             ax.axvline(edge / audio.sample_rate, color="w", lw=0.8, ls="--")
         ax.set_ylabel(name)
-        ax.set_ylim(0, min(8000, audio.sample_rate / 2))
-    axes[-1].set_xlabel("seconds (dashed: target region)")
+    axes[-1].set_xlabel(f"seconds (dashed: target region); colour: {vrange[0]:.0f} to {vrange[1]:.0f} dB")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-    return True
 
 
 def _augment_cell(augment: dict | None, stem: str) -> str:
@@ -107,8 +102,7 @@ def write_index(out: Path, folders: list[Path]) -> Path:
             f"{_augment_cell(meta.get('augment'), stem)}</tr>"
             for stem in ["mixture"] + meta["stems"])
         figures = html.escape(json.dumps({k: v for k, v in meta.items() if k not in ("stems", "rms_db", "augment")}))
-        img = (f"<img src='{name}/spectrogram.png' width=640>" if (folder / "spectrogram.png").exists()
-               else "<p><i>no spectrogram (pip install matplotlib)</i></p>")
+        img = f"<img src='{name}/spectrogram.png' width=640>"
         parts.append(f"<section><h3>{name}</h3><code>{figures}</code>{_augment_line(meta.get('augment'))}"
                      f"<table><tr><th></th><th>RMS</th><th>target</th><th>with context</th><th>augmentation</th></tr>"
                      f"{rows}</table>{img}</section>")

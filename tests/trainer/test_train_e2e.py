@@ -102,7 +102,7 @@ def test_eval_and_separate_on_a_trained_checkpoint(server, tmp_path):
     ckpt = str(run_dir / "last.pt")
     report = tmp_path / "eval.json"
     ev = subprocess.run([sys.executable, "-m", "trainer", "eval", "--checkpoint", ckpt, "--corpus",
-                         str(tmp_path / "corpus"), "--split", "train", "--n", "8", "--json", str(report),
+                         str(tmp_path / "corpus"), "--split", "train", "--unit", "chunk", "--n", "8", "--json", str(report),
                          "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert ev.returncode == 0, ev.stderr
     result = json.loads(report.read_text())

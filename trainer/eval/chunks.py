@@ -1,4 +1,4 @@
-"""``trainer eval``: score a checkpoint on a deterministic held-out set of rendered chunks.
+"""``trainer eval --unit chunk``: score a checkpoint on a deterministic held-out set of rendered chunks.
 
 The set: eligible songs of one corpus split, visited in sorted path order, rendered with the
 synthesis pipeline at the checkpoint's stream geometry (sample rate, target, context) and
@@ -34,10 +34,10 @@ from synth_server.synth.pipeline import corpus_chunks
 from synth_server.synth.render import Renderer
 from synth_server.synth.soundfont import resolve_soundfonts
 
-from .checkpoint import load_separator
-from .config import EvalConfig, resolve_device
-from .metrics import irm_oracle, si_sdr
-from .separate import stem_names
+from ..checkpoint import load_separator
+from ..config import EvalConfig, resolve_device
+from ..metrics import irm_oracle, si_sdr
+from ..separate import stem_names
 
 log = logging.getLogger(__name__)
 
@@ -178,21 +178,10 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
-    """matplotlib.pyplot on the Agg backend; ValueError with an install hint when it is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def write_plot(path: Path, result: dict) -> None:
     """Grouped bars of mean SI-SDR per stem (and overall) for model / mixture / IRM oracle."""
-    plt = _pyplot()
+    from synth_server.tools.spectrogram import plt
+
     rows = list(result["stems"].items()) + [("overall", result["overall"])]
     series = (("model", "model"), ("mixture", "mixture as estimate"), ("oracle", "IRM oracle"))
     fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
@@ -212,13 +201,10 @@ def write_plot(path: Path, result: dict) -> None:
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    """Score ``cfg.checkpoint`` on ``cfg.n`` held-out chunks; writes the JSON (``cfg.json_out``)
-    and the bar plot (``cfg.plot_out``) when asked, returns the result dict (``format_table``
-    makes the text view)."""
+    """Score ``cfg.checkpoint`` on ``cfg.n`` held-out chunks; writes the JSON
+    (``cfg.json_out``) and the bar plot (``cfg.plot_out``) when asked, returns the result dict."""
     if cfg.n < 1 or cfg.batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got n={cfg.n}, batch_size={cfg.batch_size}")
-    if cfg.plot_out is not None:
-        _pyplot()                       # fail before the long part when matplotlib is missing
     device = resolve_device(cfg.device)
     model, ckpt = load_separator(cfg.checkpoint, device)
     names = stem_names(model, ckpt)
