@@ -3,7 +3,8 @@
 A snapshot is the JSON object the broker answers to ``{"cmd": "stats"}`` (``Broker.snapshot``):
 ``rates``/``totals`` (chunks: rendered, kept, received, served), ``pool``, ``reuse``, ``workers``,
 ``excerpts`` (rendered, preroll_capped), ``clients``, ``rejections``, ``song_errors``, ``malformed``, ``errors``,
-``paused``, ``uptime_s``.
+``paused``, ``uptime_s``, ``banned_songs``, ``fixed_sets`` (requests, rendered, served, failed, cached,
+rendering).
 """
 from __future__ import annotations
 
