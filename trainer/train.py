@@ -285,8 +285,10 @@ def _check_streak(run: _Run) -> None:
 
 
 def _validate(run: _Run, validation: PeriodicValidation, logger: RunLogger) -> None:
-    """Score the bare model on the fixed set when it is there; log; keep best.pt when it improved."""
-    result = validation(run.model, run.gain, run.device, run.amp)
+    """Score the bare model on the fixed set when it is there (the last step waits for it up to
+    ``--give-up``); log; keep best.pt when it improved."""
+    wait = run.cfg.give_up if run.step == run.cfg.steps else 0.0
+    result = validation(run.model, run.gain, run.device, run.amp, wait=wait)
     if result is None:
         return
     figures, improved = result

@@ -128,7 +128,8 @@ class PendingFixedSet:
 class PeriodicValidation:
     """Validation during training: the fixed set arrives in the background (``PendingFixedSet``);
     each call scores the model once it is there -> (figures, best so far) or None (not yet, or
-    the fetch failed: said once through ``notify``)."""
+    the fetch failed: said once through ``notify``). ``wait`` seconds: how long a call may wait
+    for the set (the last validation of a run waits, so a short run still gets its figure)."""
 
     def __init__(self, pending: PendingFixedSet, stem_names: tuple[str, ...], best: float | None,
                  notify: Callable[[str], None]) -> None:
@@ -141,7 +142,9 @@ class PeriodicValidation:
         return self.validator.best if self.validator is not None else self.initial_best
 
     def __call__(self, model: nn.Module, gain: GainStaging, device: torch.device,
-                 amp_dtype: torch.dtype | None = None) -> tuple[dict[str, float], bool] | None:
+                 amp_dtype: torch.dtype | None = None, wait: float = 0.0) -> tuple[dict[str, float], bool] | None:
+        if wait > 0:
+            self.pending.done.wait(wait)
         if self.validator is None and self.pending.result is not None:
             fs = self.pending.result
             self.validator = Validator(fs, self.names, best=self.initial_best)

@@ -120,3 +120,22 @@ def test_eval_and_separate_on_a_trained_checkpoint(server, tmp_path):
     for stem in ("drums", "piano", "strings", "bass"):
         info = sf.info(tmp_path / "stems" / f"{stem}.wav")
         assert (info.frames, info.samplerate) == (30_000, 22050)
+
+
+def test_validation_curve_and_best_checkpoint(server, tmp_path):
+    run_dir = tmp_path / "valid"
+    done = subprocess.run(train_args(server, run_dir, 6, "--valid-every", "2", "--valid-split", "train",
+                                     "--valid-n", "2", "--valid-seconds", "0.5", "--loss", "mae+0.1*sisdr"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "validation set: 2 excerpts x 0.5 s of split train" in done.stdout
+    valid = [r for r in rows(run_dir) if "valid_sisdri" in r]
+    assert valid and valid[-1]["step"] == 6                         # the final step is always validated
+    for r in valid:
+        assert all(np.isfinite(r[f"valid_sisdri_{s}"]) for s in ("drums", "piano", "strings", "bass"))
+        assert r["valid_best"] == max(v["valid_sisdri"] for v in valid if v["step"] <= r["step"])
+    best = load_checkpoint(run_dir / "best.pt")
+    assert best.data["valid"]["valid_sisdri"] == valid[-1]["valid_best"]
+    assert best.gain.mode == "rms" and load_checkpoint(run_dir / "last.pt").data["best_valid"] == valid[-1]["valid_best"]
+    train_rows = [r for r in rows(run_dir) if "loss" in r]
+    assert all(r["skipped_steps"] == 0 and np.isfinite(r["grad_norm"]) for r in train_rows)
