@@ -9,6 +9,10 @@ Every loss takes ``estimate, target`` of shape ``(batch, stems, time)`` and opti
 
 Extra options (``spectral_weight``, ``lam``, ...) are keyword-only; bind them with
 ``functools.partial`` to get a ``(estimate, target, weights)`` callable.
+
+``LOSSES`` registers each loss by name with its degree (how it scales with the signal level);
+``get_loss("mae+0.5*mrstft", balance=True)`` builds a weighted sum, optionally level-balanced per
+stem (see ``get_loss``). Training calls losses on gain-staged signals (``trainer.gain``).
 """
 from __future__ import annotations
 

@@ -10,16 +10,7 @@ from trainer.losses import get_loss, mae_loss
 from trainer.models import build_model, preset
 from trainer.step import StepRunner, lr_factor, shuffle_stems
 
-CONTEXT, TARGET = 40, 64
-WINDOW = 2 * CONTEXT + TARGET
-
-
-def stems_batch(batch=3, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(WINDOW, dtype=torch.float32)
-    freqs = torch.tensor([0.01, 0.05, 0.13, 0.3])
-    tone = torch.sin(2 * np.pi * freqs[None, :, None] * t + torch.rand(batch, 4, 1, generator=g) * 6)
-    return 0.03 * tone + 0.001 * torch.randn(batch, 4, WINDOW, generator=g)
+from test_train import CONTEXT, TARGET, WINDOW, stems_batch  # the same tone batch
 
 
 def runner(fused=True, **kwargs):
@@ -126,3 +117,17 @@ def test_level_balanced_combined_loss_trains():
     for _ in range(15):
         last = run(stems_batch(batch=4)).loss.item()
     assert np.isfinite(first) and last < first
+
+
+def test_run_stops_after_k_skipped_steps_in_a_row():
+    from types import SimpleNamespace
+
+    from trainer.train import _check_streak
+
+    run = SimpleNamespace(streak=torch.zeros(()), cfg=SimpleNamespace(max_bad_steps=3), step=0, saved_step=0)
+    for skipped in (1.0, 1.0, 0.0, 1.0, 1.0):          # the loop's on-device update of the run
+        run.streak = (run.streak + 1) * torch.tensor(skipped)
+    _check_streak(run)                                 # 2 in a row: go on
+    run.streak = (run.streak + 1) * torch.tensor(1.0)
+    with pytest.raises(FloatingPointError, match="3 steps in a row"):
+        _check_streak(run)
