@@ -132,8 +132,7 @@ def curve_plot(path: Path, runs: dict[str, Path]) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, run_dir in runs.items():
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        rows = [r for r in rows if "valid_sisdri" in r]
+        rows = valid_rows(run_dir)
         if rows:
             ax.plot([r["step"] for r in rows], [r["valid_sisdri"] for r in rows], marker="o", label=name)
     ax.axhline(0, color="k", lw=0.6)
@@ -143,6 +142,22 @@ def curve_plot(path: Path, runs: dict[str, Path]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def valid_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "valid_sisdri" in r]
+
+
+def matched_steps(runs: dict[str, Path]) -> dict:
+    """Validation SI-SDRi of every variant at the last validated step all of them reached (the
+    machine's load changes how many steps a variant gets in its minutes)."""
+    curves = {name: valid_rows(d) for name, d in runs.items()}
+    if not curves or not all(curves.values()):
+        return {}
+    common = min(max(r["step"] for r in rows) for rows in curves.values())
+    return {"step": common, **{name: [r for r in rows if r["step"] <= common][-1]["valid_sisdri"]
+                               for name, rows in curves.items()}}
 
 
 def table(name: str, result: dict, names) -> str:
@@ -205,8 +220,13 @@ def main() -> int:
             server.close()
     results["conditions"]["load_avg_end"] = os.getloadavg()
     curve_plot(args.out / "valid_curve.png", runs)
+    results["valid_at_matched_step"] = matched_steps(runs)
     (args.out / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(table(n, r, test.stem_names) for n, r in results["variants"].items()))
+    if results["valid_at_matched_step"]:
+        matched = results["valid_at_matched_step"]
+        print(f"validation SI-SDRi at step {matched['step']} (reached by every variant): "
+              + "  ".join(f"{n} {v:+.2f}" for n, v in matched.items() if n != "step"))
     print(f"validation curves: {args.out / 'valid_curve.png'}; figures: {args.out / 'quality.json'}")
     return 0
 
