@@ -29,6 +29,7 @@ import numpy as np
 import zmq
 
 from synth_server.config import SPLITS
+from synth_server.dealer import Curve, open_dealer
 from synth_server.protocol import MAX_HEADER_BYTES, MAX_NAME_CHARS, MAX_STEMS, ProtocolError, decode, encode
 
 MAX_N = 1024
@@ -148,18 +149,12 @@ def decode_fixed_set(header: dict, payload, key: FixedSetKey) -> FixedSet:
 
 
 def fetch_fixed_set(address: str, split: str, n: int, seconds: float, seed: int = 0, *,
-                    timeout: float = 300.0, curve: tuple[bytes, bytes, bytes] | None = None) -> FixedSet:
+                    timeout: float = 300.0, curve: Curve | None = None) -> FixedSet:
     """Ask the broker at ``address`` for a fixed set; waits up to ``timeout`` seconds (the first
     request of a key renders it). Raises TimeoutError, ValueError for a refusal or a bad reply."""
     key = FixedSetKey(split, n, seconds, seed)
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_BYTES + MAX_HEADER_BYTES)
-    if curve is not None:
-        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = curve
+    sock = open_dealer(zmq.Context.instance(), address, curve, max_bytes=MAX_BYTES + MAX_HEADER_BYTES)
     try:
-        sock.connect(address)
         sock.send_multipart(encode({"type": "fixed_set_request", **key.to_header()}))
         deadline = time.monotonic() + timeout
         while True:

@@ -34,7 +34,7 @@ from synth_server.serve.config import BrokerConfig, source_to_json
 from synth_server.serve.metrics import MetricsServer
 from synth_server.serve.rates import RateMeter
 from synth_server.serve.fixed_sets import FixedSets
-from synth_server.serve.stats import RATE_STAGES, grouped_counters
+from synth_server.serve.stats import RATE_STAGES, broker_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -391,21 +391,4 @@ class Broker:
 
     def snapshot(self) -> dict:
         """The stats object (JSON-ready; its layout is described in ``stats``)."""
-        now, sup = time.monotonic(), self.supervisor
-        return {
-            "address": self.address, "uptime_s": now - self.started, "paused": self.paused,
-            "rates": {k: self.meters[k].rate() for k in RATE_STAGES},
-            "totals": {k: self.totals[k] for k in (*RATE_STAGES, "batches", "songs_sent")},
-            "excerpts": {"rendered": self.totals["excerpts"], "preroll_capped": self.totals["preroll_capped"]},
-            "pool": {"size": len(self.pool), "capacity": self.pool.capacity, "budget_bytes": self.budget_bytes(),
-                     **self.pool.freshness()},
-            "reuse": {"value": self.pool.reuse, "auto": self.reuse.auto, "max": self.cfg.max_reuse},
-            "workers": {"alive": len(self.peers.workers), "target": sup.target if sup else 0,
-                        "auto": self.scaler is not None, "min": self.cfg.min_workers, "max": self.cfg.max_workers,
-                        "restarts": sup.restarts if sup else 0,
-                        "capacity_rate": round(self.peers.capacity_rate(), 2),
-                        "list": [w.describe(now) for w in self.peers.workers.values()]},
-            "clients": [c.describe() for c in self.peers.clients.values()],
-            **grouped_counters(self.totals, self.errors),
-            "banned_songs": self.book.describe(), "fixed_sets": self.fixed.describe(),
-        }
+        return broker_snapshot(self)
