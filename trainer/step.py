@@ -75,7 +75,7 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int = 0, step_every:
 
 
 def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
-    return bool(optimizer.defaults.get("fused"))
+    return all(group.get("fused") for group in optimizer.param_groups)
 
 
 class StepRunner:

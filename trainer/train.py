@@ -159,8 +159,8 @@ class _Run:
         self.model.load_state_dict(self.resume.data["model"])
         if self.resume.data.get("optimizer"):
             self.optimizer.load_state_dict(self.resume.data["optimizer"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr
+        for group in self.optimizer.param_groups:    # a checkpoint of an older run may say unfused
+            group.update(lr=self.cfg.lr, fused=True, foreach=None)
         if self.resume.loss != self.cfg.loss:
             self.notify(f"note: resuming a run trained with loss {self.resume.loss!r} using {self.cfg.loss!r}")
         return self.resume.step
