@@ -28,10 +28,10 @@ STEM_DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype(np.float32),
 }
 BATCH_TYPES = frozenset({"chunks", "batch"})
-PAYLOAD_TYPES = BATCH_TYPES | {"song_data"}
+PAYLOAD_TYPES = BATCH_TYPES | {"song_data", "fixed_set"}
 MESSAGE_TYPES = PAYLOAD_TYPES | {
     "hello", "welcome", "song_request", "credit", "heartbeat", "request",
-    "ctl", "ctl_reply", "stats", "error",
+    "ctl", "ctl_reply", "stats", "error", "fixed_set_request",   # fixed sets: synth_server.fixed_set
 }
 MAX_STEMS = 64
 MAX_NAME_CHARS = 128

@@ -10,6 +10,11 @@ arbitrary pickled objects)::
     step         optimizer steps done           loss        loss name (e.g. "mae")
     spec         stream geometry: {"sample_rate", "target", "context", "stems", "dtype"}
     train_config TrainConfig.to_dict()          commit      git commit or "unknown"
+    gain         GainStaging.to_dict(): what the model's input is divided by (absent: raw levels)
+    best_valid   best validation SI-SDRi so far (dB) or None; valid: the figures of best.pt
+
+``best.pt`` (written by training when the validation SI-SDRi improves) is a checkpoint like the
+others. Inference must feed the model as ``gain.apply_separator`` does with ``LoadedCheckpoint.gain``.
 
 ``spec.context`` is what the stream sent per side; the model itself needs
 ``required_context(model_config)``, which eval/separate should use. Version 1 held one flat
@@ -27,11 +32,13 @@ from torch import nn
 from synth_server.protocol import BatchSpec, ProtocolError
 
 from .models import ArchConfig, build_model, config_from_dict
+from .gain import GainStaging
 
 FORMAT = "stemstream-separator"
 VERSION = 2
 READABLE = (1, 2)
 LAST = "last.pt"
+BEST = "best.pt"
 _REQUIRED = ("model_config", "model", "step", "loss", "spec")
 
 
@@ -45,19 +52,22 @@ class LoadedCheckpoint:
     step: int
     loss: str
     data: dict
+    gain: GainStaging = GainStaging(mode="none")
 
 
 def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, *, step: int,
                     model_config: ArchConfig, model_name: str, loss: str, spec: BatchSpec,
-                    train_config: dict | None = None, commit: str = "unknown") -> dict:
-    """The checkpoint dict of a bare (not compiled, not DDP-wrapped) ``model``."""
-    return {
+                    train_config: dict | None = None, commit: str = "unknown",
+                    gain: GainStaging = GainStaging(), extra: dict | None = None) -> dict:
+    """The checkpoint dict of a bare (not compiled, not DDP-wrapped) ``model``; ``extra`` adds
+    keys (e.g. ``best_valid``)."""
+    return {**(extra or {}),
         "format": FORMAT, "version": VERSION,
         "model_config": model_config.to_dict(), "model_name": model_name,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "step": int(step), "loss": loss, "spec": spec.to_header(),
-        "train_config": train_config or {}, "commit": commit,
+        "train_config": train_config or {}, "commit": commit, "gain": gain.to_dict(),
     }
 
 
@@ -125,9 +135,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Loa
     try:
         model_config = config_from_dict(data["model_config"])
         spec = BatchSpec.from_header(data["spec"])
+        gain = GainStaging.from_dict(data.get("gain"))
     except (TypeError, ValueError, ProtocolError) as exc:
-        raise ValueError(f"checkpoint {path} has a bad model config or spec: {exc}") from None
-    return LoadedCheckpoint(path, model_config, spec, int(data["step"]), str(data["loss"]), data)
+        raise ValueError(f"checkpoint {path} has a bad model config or spec (or gain record): {exc}") from None
+    return LoadedCheckpoint(path, model_config, spec, int(data["step"]), str(data["loss"]), data, gain)
 
 
 def load_separator(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, LoadedCheckpoint]:
@@ -170,6 +181,11 @@ class CheckpointManager:
     @property
     def last(self) -> Path:
         return self.run_dir / LAST
+
+    def save_best(self, checkpoint: dict) -> Path:
+        """Write ``best.pt`` atomically (not counted among the numbered ones)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return atomic_save(checkpoint, self.run_dir / BEST)
 
     def numbered(self) -> list[Path]:
         """Numbered checkpoints, oldest first."""

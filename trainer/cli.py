@@ -17,8 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import AMP_MODES, COMPILE_MODES, DEVICES, UNITS, DistConfig, EvalConfig, SeparateConfig, TrainConfig
+from .gain import GAIN_MODES
 from .losses import LOSSES
 from .models import PRESETS, load_model_config
+from .step import LR_SCHEDULES
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_STREAM, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -75,7 +77,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         log_every=args.log_every, audio_every=args.audio_every, stats_every=args.stats_every,
         prefetch=args.prefetch, timeout=args.timeout, give_up=args.give_up,
         torch_threads=args.torch_threads, compile=args.compile, amp=args.amp, seed=args.seed,
-        curve_keys=args.curve_keys,
+        curve_keys=args.curve_keys, balance=args.balance, gain=args.gain, remix_across=args.remix_across,
+        clip_grad=args.clip_grad, max_bad_steps=args.max_bad_steps, lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps, lr_step_every=args.lr_step_every, lr_gamma=args.lr_gamma,
+        valid_every=args.valid_every, valid_n=args.valid_n, valid_seconds=args.valid_seconds,
+        valid_seed=args.valid_seed, valid_split=args.valid_split,
         model_config=None if args.model_config is None else load_model_config(args.model, args.model_config))
 
 
@@ -216,13 +222,34 @@ def _add_train(sub) -> None:
     p.add_argument("--model", default="seed", choices=sorted(PRESETS), help="preset (see `trainer models`)")
     p.add_argument("--model-config", type=Path, default=None, metavar="FILE.toml",
                    help="set any field of the model config (and optionally kind or preset) on top of --model")
-    p.add_argument("--loss", default="mae", choices=sorted(LOSSES))
+    p.add_argument("--loss", default="mae", metavar="NAME[+W*NAME...]",
+                   help=f"one of {', '.join(sorted(LOSSES))} or a sum, e.g. mae+mrstft or mae+0.5*sisdr")
+    p.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="do not divide each stem's loss by its level (quiet stems then weigh less)")
+    p.add_argument("--gain", default="rms", choices=GAIN_MODES,
+                   help="gain staging: the model sees each mixture divided by its RMS (rms) or raw levels")
     p.add_argument("--batch-size", type=_positive, default=12)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--steps", type=_positive, default=100_000, help="total steps to reach (also on --resume)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (a new run when it does not exist yet)")
     p.add_argument("--remix", action="store_true", help="random per-stem gain and sign for every use of a chunk")
     p.add_argument("--remix-gain", type=_gain_range, default=(0.25, 1.25), metavar="LOW,HIGH")
+    p.add_argument("--remix-across", action="store_true",
+                   help="re-pair stems across the batch every step (drums of one chunk with bass of another)")
+    p.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="clip the gradient norm")
+    p.add_argument("--max-bad-steps", type=_positive, default=20, metavar="K",
+                   help="non-finite steps are skipped; stop after K in a row")
+    p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES)
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear LR warm-up steps")
+    p.add_argument("--lr-step-every", type=_positive, default=10_000, help="--lr-schedule step: decay period")
+    p.add_argument("--lr-gamma", type=float, default=0.5, help="--lr-schedule step: factor per period")
+    p.add_argument("--valid-every", type=int, default=500,
+                   help="validate on the broker's fixed valid set every N steps and keep best.pt (0: never)")
+    p.add_argument("--valid-n", type=_positive, default=16, help="validation excerpts")
+    p.add_argument("--valid-seconds", type=float, default=2.0, help="seconds per validation excerpt")
+    p.add_argument("--valid-seed", type=int, default=0, help="seed of the validation set")
+    p.add_argument("--valid-split", default="valid", choices=("train", "valid", "test"),
+                   help="corpus split of the validation set (valid; train only for tiny test corpora)")
     p.add_argument("--stem-weights", type=_floats, default=None, metavar="W1,W2,...",
                    help="loss weight per stem, in the stream's stem order")
     p.add_argument("--device", default="auto", choices=DEVICES)

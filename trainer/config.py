@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 
-from .losses import LOSSES
+from .gain import GAIN_MODES
+from .losses import parse_loss
 from .models import PRESETS, ArchConfig, preset
+from .step import LR_SCHEDULES
 
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("auto", "on", "off")
@@ -33,6 +35,13 @@ class TrainConfig:
     (0: never). ``timeout``: seconds of stream silence before the client reconnects;
     ``give_up``: seconds without any batch before training saves a checkpoint and stops.
     ``model_config``: the architecture when ``--model-config`` set fields on the ``model`` preset.
+    ``loss`` is a name or a "+" combination (``losses.parse_loss``); ``balance`` divides each
+    stem's loss by its level (``losses.get_loss``); ``gain`` the gain staging mode (``gain.py``);
+    ``remix_across`` re-pairs stems across the batch; ``clip_grad`` the max gradient norm (None:
+    off); ``max_bad_steps`` skipped non-finite steps in a row before the run stops;
+    ``lr_schedule`` with ``warmup_steps``, ``lr_step_every`` and ``lr_gamma`` (``step.lr_factor``);
+    ``valid_every`` (0: off) validates on ``valid_n`` excerpts of ``valid_seconds`` (seed
+    ``valid_seed``) of split ``valid_split``, served by the broker.
     """
 
     connect: str
@@ -61,14 +70,38 @@ class TrainConfig:
     seed: int = 0
     curve_keys: Path | None = None
     model_config: ArchConfig | None = None
+    balance: bool = True
+    gain: str = "rms"
+    remix_across: bool = False
+    clip_grad: float | None = None
+    max_bad_steps: int = 20
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    lr_step_every: int = 10_000
+    lr_gamma: float = 0.5
+    valid_every: int = 500
+    valid_n: int = 16
+    valid_seconds: float = 2.0
+    valid_seed: int = 0
+    valid_split: str = "valid"
 
     def __post_init__(self) -> None:
         if not self.connect.startswith("tcp://") or ":" not in self.connect[6:]:
             raise ValueError(f"--connect must look like tcp://HOST:PORT, got {self.connect!r}")
         if self.model not in PRESETS:
             raise ValueError(f"--model must be one of {sorted(PRESETS)}, got {self.model!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"--loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+        try:
+            parse_loss(self.loss)
+        except ValueError as exc:
+            raise ValueError(f"--loss: {exc}") from None
+        if self.gain not in GAIN_MODES or self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--gain must be one of {GAIN_MODES} and --lr-schedule one of {LR_SCHEDULES}, "
+                             f"got {self.gain!r}, {self.lr_schedule!r}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ValueError(f"--clip-grad must be > 0, got {self.clip_grad}")
+        if not 0 < self.lr_gamma <= 1 or not 0 < self.valid_seconds <= 60:
+            raise ValueError(f"--lr-gamma must be in (0, 1] and --valid-seconds in (0, 60], "
+                             f"got {self.lr_gamma}, {self.valid_seconds}")
         for name, value in (("device", self.device), ("compile", self.compile), ("amp", self.amp)):
             allowed = {"device": DEVICES, "compile": COMPILE_MODES, "amp": AMP_MODES}[name]
             if value not in allowed:
@@ -84,12 +117,13 @@ class TrainConfig:
                              f"(got {self.lr}, {self.timeout}, {self.give_up})")
 
     def _check_counts(self) -> None:
-        positive = ("batch_size", "steps", "checkpoint_every", "log_every", "prefetch", "keep_checkpoints")
+        positive = ("batch_size", "steps", "checkpoint_every", "log_every", "prefetch", "keep_checkpoints",
+                    "max_bad_steps", "lr_step_every", "valid_n")
         for name in positive:
             if getattr(self, name) < 1:
                 flag = name.replace("_", "-")
                 raise ValueError(f"--{flag} must be >= 1, got {getattr(self, name)}")
-        for name in ("audio_every", "stats_every"):
+        for name in ("audio_every", "stats_every", "warmup_steps", "valid_every", "valid_seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.torch_threads is not None and self.torch_threads < 1:

@@ -178,6 +178,18 @@ class RunLogger:
                              R=row.get("reuse", "?"))
         return row
 
+    def write_valid(self, step: int, figures: dict, best: float | None) -> None:
+        """A validation row (``step``, ``time``, the ``valid_*`` figures, ``valid_best``) to
+        metrics.jsonl, TensorBoard (``valid/sisdri``, ``valid/sisdri_<stem>``, ``valid/sisdr``)
+        and one line."""
+        if not self.main:
+            return
+        self.metrics.write({"step": step, "time": round(time.time(), 3), **figures, "valid_best": best})
+        self.tb.scalars(step, {f"valid/{k[6:]}": v for k, v in figures.items()})
+        stems = "  ".join(f"{k[13:]} {v:+.2f}" for k, v in figures.items() if k.startswith("valid_sisdri_"))
+        self.notify(f"step {step} validation SI-SDRi {figures['valid_sisdri']:+.2f} dB ({stems}); "
+                    f"best {best if best is None else f'{best:+.2f}'}")
+
     def close(self) -> None:
         self.bar.close()
         for part in (self.metrics, self.tb, self.stats):

@@ -23,6 +23,7 @@ from torch import nn
 
 from .checkpoint import LoadedCheckpoint, load_separator
 from .config import SeparateConfig, resolve_device
+from .gain import GainStaging, apply_separator
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def inference_window(model: nn.Module, window: int) -> int:
 
 
 def separate_waveform(model: nn.Module, mono: np.ndarray, window: int, device: torch.device,
-                      batch: int = INFER_BATCH) -> np.ndarray:
+                      batch: int = INFER_BATCH, gain: GainStaging = GainStaging(mode="none")) -> np.ndarray:
     """Separate a whole signal: mono (time,) -> stems (stems, time) float32.
 
     Windows of ``win = min(inference_window(model, window), time)`` target samples tile the
@@ -86,6 +87,8 @@ def separate_waveform(model: nn.Module, mono: np.ndarray, window: int, device: t
     (batch, stems, target). Exact models (``model.exact``, the default) get disjoint windows
     that concatenate with no seam. Padded models get windows overlapping by ``OVERLAP`` of
     their length, cross-faded with linear ramps (overlap-add, weights normalised to sum 1).
+    Each window goes through ``gain.apply_separator`` with the checkpoint's ``gain`` (staged by
+    its own level, scaled back).
     """
     if window < 1:
         raise ValueError(f"window must be >= 1 target sample, got {window}")
@@ -106,7 +109,7 @@ def separate_waveform(model: nn.Module, mono: np.ndarray, window: int, device: t
     with torch.no_grad():
         for a in range(0, count, batch):
             x = frames[a:a + batch].unsqueeze(1).to(device)  # (b, 1, win + 2*ctx)
-            est = model(x, win).float().cpu()                # (b, stems, win)
+            est = apply_separator(model, x, win, gain).float().cpu()   # (b, stems, win)
             if out is None:
                 out = torch.zeros(est.shape[1], total)
             for k, item in enumerate(est, start=a):
@@ -142,7 +145,7 @@ def run_separate(cfg: SeparateConfig) -> list[Path]:
         signal = resample(mono, rate, model_rate)
     else:
         signal = mono
-    stems = separate_waveform(model, signal, cfg.window, device)
+    stems = separate_waveform(model, signal, cfg.window, device, gain=ckpt.gain)
     if rate != model_rate:
         stems = np.stack([resample(s, model_rate, rate, length=len(mono)) for s in stems])
     assert stems.shape == (len(names), len(mono)), stems.shape

@@ -1,11 +1,11 @@
-"""Training from the synthesis stream: one step on device tensors, and the training loop.
+"""Training from the synthesis stream: the training loop around ``step.StepRunner``.
 
 Data path per step: the wire batch ``(batch, stems, window)`` (float16/int16/float32) goes to
-the device as is (pinned memory, non-blocking on CUDA) and is cast there; under ``remix`` every
-stem of every chunk gets a random gain and sign on the device; the mixture is formed on the
-device as the sum of the (remixed) stems; the model maps ``(batch, 1, window)`` to
-``(batch, stems, target)``, compared with the stems' target region
-``[context : context + target]``. See docs/training.md.
+the device as is (pinned memory, non-blocking on CUDA) and is cast there; the step (``step.py``)
+remixes, stages the gain, runs the model and updates on the device. The loop reads device values
+back only at log steps and every ``--max-bad-steps`` steps (the run of skipped non-finite steps),
+validates on the broker's fixed set every ``--valid-every`` steps and keeps ``best.pt``.
+See docs/training.md.
 """
 from __future__ import annotations
 
@@ -26,23 +26,14 @@ from synth_server.protocol import BatchSpec
 from .checkpoint import CheckpointManager, LoadedCheckpoint, check_resume, load_checkpoint, make_checkpoint
 from .config import DistConfig, TrainConfig, resolve_amp, resolve_compile, resolve_device
 from .data import stems_to_torch
+from .gain import GainStaging
 from .logging_utils import RunLogger, git_commit, write_run_files
-from .losses import LossFn, get_loss
+from .losses import get_loss
 from .models import build_model, check_context, count_parameters, probe_model, receptive_field, required_context
+from .step import StepOutput, StepRunner, lr_factor, remix_stems  # noqa: F401 - remix_stems re-exported
+from .validate import PendingFixedSet, PeriodicValidation
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """Detached results of one step: ``loss`` (), ``per_stem`` (stems,), ``mixture``
-    (batch, 1, window), ``estimate`` and ``target`` (batch, stems, target)."""
-
-    loss: torch.Tensor
-    per_stem: torch.Tensor
-    mixture: torch.Tensor
-    estimate: torch.Tensor
-    target: torch.Tensor
 
 
 @dataclass
@@ -56,51 +47,6 @@ class TrainSummary:
     checkpoint: Path | None
     interrupted: bool
     wait_share: float
-
-
-def remix_stems(stems: torch.Tensor, gain: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
-    """``(batch, stems, window)`` -> same shape, each stem of each chunk times a uniform gain in
-    ``gain`` and a random sign (drawn on the stems' device)."""
-    shape = (stems.shape[0], stems.shape[1], 1)
-    gains = torch.empty(shape, device=stems.device).uniform_(gain[0], gain[1], generator=generator)
-    signs = torch.randint(0, 2, shape, device=stems.device, generator=generator) * 2 - 1
-    return stems * (gains * signs)
-
-
-class StepRunner:
-    """One optimizer step on a batch of stems ``(batch, stems, window)`` already on the device.
-
-    ``model`` may be compiled or DDP-wrapped; ``weights`` (stems,) weigh the loss per stem;
-    ``amp_dtype`` enables autocast for the forward pass (the loss is computed in float32);
-    ``remix_gain`` with ``generator`` turns on remixing.
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, *,
-                 context: int, target: int, weights: torch.Tensor | None = None,
-                 amp_dtype: torch.dtype | None = None, remix_gain: tuple[float, float] | None = None,
-                 generator: torch.Generator | None = None) -> None:
-        if remix_gain is not None and generator is None:
-            raise ValueError("remixing needs a torch.Generator")
-        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
-        self.context, self.target, self.weights = context, target, weights
-        self.amp_dtype, self.remix_gain, self.generator = amp_dtype, remix_gain, generator
-
-    def __call__(self, stems: torch.Tensor) -> StepOutput:
-        if stems.dim() != 3 or stems.shape[-1] != 2 * self.context + self.target:
-            raise ValueError(f"stems must be (batch, stems, {2 * self.context + self.target}), "
-                             f"got {tuple(stems.shape)}")
-        if self.remix_gain is not None:
-            stems = remix_stems(stems, self.remix_gain, self.generator)
-        mixture = stems.sum(dim=1, keepdim=True)
-        target = stems[:, :, self.context:self.context + self.target]
-        with torch.autocast(stems.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                            enabled=self.amp_dtype is not None):
-            estimate = self.model(mixture, self.target)
-        loss, per_stem = self.loss_fn(estimate.float(), target, self.weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return StepOutput(loss.detach(), per_stem.detach(), mixture, estimate.detach(), target)
 
 
 def wait_for_spec(client: StreamClient, seconds: float, stop: threading.Event) -> BatchSpec | None:
@@ -117,15 +63,21 @@ def wait_for_spec(client: StreamClient, seconds: float, stop: threading.Event) -
 
 
 class _Window:
-    """Loss sums (on the device, no sync per step), steps and data-wait time since the last log."""
+    """Sums since the last log, on the device (no sync per step): loss, per-stem losses and
+    gradient norm of the steps that updated, counts of updated and skipped steps; data wait."""
 
     def __init__(self, stems: int, device: torch.device) -> None:
-        self.sums = torch.zeros(1 + stems, device=device)
+        self.sums = torch.zeros(4 + stems, device=device)   # loss, grad norm, updated, skipped, stems
         self.steps, self.wait, self.start = 0, 0.0, time.perf_counter()
 
     def add(self, out: StepOutput, wait: float) -> None:
-        self.sums[0] += out.loss
-        self.sums[1:] += out.per_stem
+        ok = out.skipped == 0
+        zero = torch.zeros((), device=out.loss.device)
+        self.sums[0] += torch.where(ok, out.loss, zero)
+        self.sums[1] += torch.where(ok, out.grad_norm, zero)
+        self.sums[2] += ok.float()
+        self.sums[3] += out.skipped
+        self.sums[4:] += torch.where(ok, out.per_stem, zero)
         self.steps += 1
         self.wait += wait
 
@@ -148,6 +100,10 @@ class _Run:
         self.saved_step = -1
         self.wait_total = 0.0
         self.last_loss: float | None = None
+        self.gain = GainStaging(cfg.gain) if self.resume is None else self.resume.gain
+        self.best: float | None = None if self.resume is None else self.resume.data.get("best_valid")
+        self.skipped_total = 0
+        self.streak: torch.Tensor | None = None      # skipped steps in a row, on the device
 
     def _resume_checkpoint(self) -> LoadedCheckpoint | None:
         last = self.manager.last
@@ -177,15 +133,25 @@ class _Run:
             self.model = build_model(model_cfg).to(self.device)
         probe_model(self.model, spec.window, spec.target, self.model_name)
         self.model_cfg = model_cfg
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=fused)
+        # fused Adam (CPU and CUDA) skips a non-finite update on the device (StepRunner)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
         self.step = self._restore()
         self.start_step = self.step
+        self.streak = torch.zeros((), device=self.device)
         self.runner = StepRunner(
-            self._wrap(self.model), self.optimizer, get_loss(cfg.loss),
+            self._wrap(self.model), self.optimizer, get_loss(cfg.loss, balance=cfg.balance),
             context=spec.context, target=spec.target, weights=self._weights(),
             amp_dtype=self.amp, remix_gain=cfg.remix_gain if cfg.remix else None,
-            generator=self._generator())
+            remix_across=cfg.remix_across, generator=self._generator(), gain=self.gain,
+            clip_grad=cfg.clip_grad)
+
+    def set_lr(self) -> None:
+        """The schedule's learning rate for the coming step (a Python float: no sync)."""
+        cfg = self.cfg
+        lr = cfg.lr * lr_factor(self.step, cfg.steps, cfg.lr_schedule, cfg.warmup_steps,
+                                cfg.lr_step_every, cfg.lr_gamma)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _restore(self) -> int:
         if self.resume is None:
@@ -193,8 +159,8 @@ class _Run:
         self.model.load_state_dict(self.resume.data["model"])
         if self.resume.data.get("optimizer"):
             self.optimizer.load_state_dict(self.resume.data["optimizer"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr
+        for group in self.optimizer.param_groups:    # a checkpoint of an older run may say unfused
+            group.update(lr=self.cfg.lr, fused=True, foreach=None)
         if self.resume.loss != self.cfg.loss:
             self.notify(f"note: resuming a run trained with loss {self.resume.loss!r} using {self.cfg.loss!r}")
         return self.resume.step
@@ -213,7 +179,7 @@ class _Run:
         return torch.tensor(self.cfg.stem_weights, dtype=torch.float32, device=self.device)
 
     def _generator(self) -> torch.Generator | None:
-        if not self.cfg.remix:
+        if not (self.cfg.remix or self.cfg.remix_across):
             return None
         seed = np.random.SeedSequence([self.cfg.seed, self.dist.rank, self.step]).generate_state(1)[0]
         return torch.Generator(device=self.device).manual_seed(int(seed))
@@ -232,15 +198,19 @@ class _Run:
                 f"{seen}, context {required_context(self.model_cfg)}"
                 f" per side; stream sends {self.spec.context}); stems {list(self.spec.stems)}; device "
                 f"{self.device}, amp {self.amp or 'off'}, compile {'on' if self.compile else 'off'}, "
-                f"{torch.get_num_threads()} CPU threads, {self.dist.world_size} process(es)")
+                f"{torch.get_num_threads()} CPU threads, {self.dist.world_size} process(es); gain staging "
+                f"{self.gain.mode}, loss {self.cfg.loss}{' (level-balanced)' if self.cfg.balance else ''}")
+
+    def checkpoint(self, valid: dict | None = None) -> dict:
+        return make_checkpoint(self.model, self.optimizer, step=self.step, model_config=self.model_cfg,
+                               model_name=self.model_name, loss=self.cfg.loss, spec=self.spec,
+                               train_config=self.cfg.to_dict(), commit=self.commit, gain=self.gain,
+                               extra={"best_valid": self.best, "valid": valid})
 
     def save(self) -> Path:
         """Checkpoint of the current step (rank 0 only; no-op when already saved)."""
         if self.dist.is_main and self.saved_step != self.step:
-            ckpt = make_checkpoint(self.model, self.optimizer, step=self.step, model_config=self.model_cfg,
-                                   model_name=self.model_name, loss=self.cfg.loss, spec=self.spec,
-                                   train_config=self.cfg.to_dict(), commit=self.commit)
-            self.last_saved = self.manager.save(ckpt)
+            self.last_saved = self.manager.save(self.checkpoint())
             self.saved_step = self.step
         return self.last_saved
 
@@ -276,17 +246,18 @@ def _stop_agreed(run: _Run, stop: threading.Event) -> bool:
 
 def _window_row(run: _Run, window: _Window, client: StreamClient) -> dict:
     """Reduce the window's losses over ranks, check them, and make one metrics row."""
-    sums = window.sums / max(window.steps, 1)
+    sums = window.sums.clone()
     if run.dist.distributed:
         torch.distributed.all_reduce(sums)
         sums /= run.dist.world_size
     values = sums.tolist()
-    if not np.isfinite(values[0]):
-        raise FloatingPointError(f"loss is {values[0]} at step {run.step} (last checkpoint: step "
-                                 f"{run.saved_step}); lower --lr or check the stream")
+    updated, skipped = values[2], int(round(values[3]))
+    mean = [v / updated if updated else float("nan") for v in values]
+    run.skipped_total += skipped
     wall = max(time.perf_counter() - window.start, 1e-9)
-    return {"step": run.step, "time": round(time.time(), 3), "loss": values[0],
-            **{f"loss_{name}": v for name, v in zip(run.spec.stems, values[1:])},
+    return {"step": run.step, "time": round(time.time(), 3), "loss": mean[0],
+            **{f"loss_{name}": v for name, v in zip(run.spec.stems, mean[4:])},
+            "grad_norm": mean[1], "skipped_steps": skipped, "skipped_total": run.skipped_total,
             "lr": run.optimizer.param_groups[0]["lr"], "steps_per_s": window.steps / wall,
             "chunks_per_s": window.steps * run.cfg.batch_size * run.dist.world_size / wall,
             "wait_share": min(1.0, window.wait / wall), "malformed": client.malformed,
@@ -303,7 +274,32 @@ def _audio_clips(spec: BatchSpec, out: StepOutput) -> dict[str, torch.Tensor]:
     return clips
 
 
-def _loop(run: _Run, client: StreamClient, logger: RunLogger, stop: threading.Event) -> bool:
+def _check_streak(run: _Run) -> None:
+    """FloatingPointError once the last ``--max-bad-steps`` updates were all skipped (one sync)."""
+    streak = int(run.streak.item())
+    if streak >= run.cfg.max_bad_steps:
+        raise FloatingPointError(
+            f"{streak} steps in a row had a non-finite loss or gradient (updates skipped) up to step "
+            f"{run.step}; weights are those of the last good step (last checkpoint: step {run.saved_step}); "
+            "lower --lr, try --clip-grad, or check the stream")
+
+
+def _validate(run: _Run, validation: PeriodicValidation, logger: RunLogger) -> None:
+    """Score the bare model on the fixed set when it is there (the last step waits for it up to
+    ``--give-up``); log; keep best.pt when it improved."""
+    wait = run.cfg.give_up if run.step == run.cfg.steps else 0.0
+    result = validation(run.model, run.gain, run.device, run.amp, wait=wait)
+    if result is None:
+        return
+    figures, improved = result
+    run.best = validation.best
+    logger.write_valid(run.step, figures, best=run.best)
+    if improved:
+        run.manager.save_best(run.checkpoint(valid=figures))
+
+
+def _loop(run: _Run, client: StreamClient, logger: RunLogger, stop: threading.Event,
+          validation: PeriodicValidation | None = None) -> bool:
     """Steps up to ``cfg.steps``; returns True when stopped early by ``stop``."""
     cfg = run.cfg
     window = _Window(len(run.spec.stems), run.device)
@@ -314,10 +310,14 @@ def _loop(run: _Run, client: StreamClient, logger: RunLogger, stop: threading.Ev
         wait = time.perf_counter() - t0
         if batch is None:
             return True
+        run.set_lr()
         out = run.runner(stems_to_torch(batch.stems, run.device))
         run.step += 1
         run.wait_total += wait
         window.add(out, wait)
+        run.streak = (run.streak + 1) * out.skipped
+        if run.step % cfg.max_bad_steps == 0:
+            _check_streak(run)
         logger.on_step(run.step)
         if logger.wants_audio(run.step):
             logger.audio(run.step, _audio_clips(run.spec, out), run.spec.sample_rate)
@@ -325,6 +325,8 @@ def _loop(run: _Run, client: StreamClient, logger: RunLogger, stop: threading.Ev
             row = logger.write(_window_row(run, window, client))
             run.last_loss = row["loss"]
             window = _Window(len(run.spec.stems), run.device)
+        if validation is not None and (run.step % cfg.valid_every == 0 or run.step == cfg.steps):
+            _validate(run, validation, logger)
         if run.step % cfg.checkpoint_every == 0:
             run.save()
         if _stop_agreed(run, stop):
@@ -388,9 +390,14 @@ def _train(run: _Run, client: StreamClient, stop: threading.Event, curve) -> Tra
     logger = RunLogger(cfg.run_dir, total_steps=cfg.steps, initial_step=run.step, main=main,
                        connect=cfg.connect if cfg.stats_every else None, curve=curve,
                        stats_every=cfg.stats_every, audio_every=cfg.audio_every, notify=run.notify)
+    validation = None
+    if main and cfg.valid_every:
+        pending = PendingFixedSet(cfg.connect, cfg.valid_split, cfg.valid_n, cfg.valid_seconds, cfg.valid_seed,
+                                  timeout=max(cfg.give_up, 60.0), curve=curve)
+        validation = PeriodicValidation(pending, run.spec.stems, run.best, run.notify)
     started = time.perf_counter()
     try:
-        interrupted = _loop(run, client, logger, stop)
+        interrupted = _loop(run, client, logger, stop, validation)
     except KeyboardInterrupt:
         interrupted = True
     except TimeoutError:

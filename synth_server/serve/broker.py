@@ -33,7 +33,8 @@ from synth_server.protocol import MAX_HEADER_BYTES, BatchSpec, ProtocolError, de
 from synth_server.serve.config import BrokerConfig, source_to_json
 from synth_server.serve.metrics import MetricsServer
 from synth_server.serve.rates import RateMeter
-from synth_server.serve.stats import RATE_STAGES, grouped_counters
+from synth_server.serve.fixed_sets import FixedSets
+from synth_server.serve.stats import RATE_STAGES, broker_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Broker:
         self.reuse = ReuseController(cfg.reuse, cfg.max_reuse, auto=cfg.reuse_auto)
         self.scaler = WorkerScaler(cfg.min_workers, cfg.max_workers) if cfg.workers_auto else None
         self.peers = Registry()
+        self.fixed = FixedSets(source, self.send)
         self.totals: Counter = Counter()      # rendered, kept, received, served, batches, rejected_* ...
         self.errors: Counter = Counter()      # malformed / refused messages by reason
         self.meters = {k: RateMeter() for k in (*RATE_STAGES, "starved")}
@@ -104,6 +106,7 @@ class Broker:
             sock.close(linger=200)
         if self._auth is not None:
             self._auth.stop()
+        self.fixed.close()
         self.ctx.term()
 
     def send(self, ident: bytes, frames: list) -> bool:
@@ -345,6 +348,9 @@ class Broker:
 
     _on_ctl = broker_control.handle_ctl     # steering lives in ``control``; it runs on this thread
 
+    def _on_fixed_set_request(self, ident: bytes, header: dict, payload) -> None:
+        self.fixed.request(ident, header)       # fixed sets live in ``fixed_sets``
+
     # -- housekeeping -------------------------------------------------------------------------
     def tick(self, now: float) -> None:
         """Heartbeat timeouts, local restarts, rates, starvation share, auto rules, metrics."""
@@ -368,6 +374,7 @@ class Broker:
                     self._drop_peer(worker.ident, f"process exited with code {code}",
                                     blame=None if code in (0, 2) else "died")
         broker_control.run_auto_rules(self, now)
+        self.fixed.poll()
         self.grant_credit()
         if self.metrics is not None and now - self._last_publish >= 1.0:
             self._last_publish = now
@@ -384,21 +391,4 @@ class Broker:
 
     def snapshot(self) -> dict:
         """The stats object (JSON-ready; its layout is described in ``stats``)."""
-        now, sup = time.monotonic(), self.supervisor
-        return {
-            "address": self.address, "uptime_s": now - self.started, "paused": self.paused,
-            "rates": {k: self.meters[k].rate() for k in RATE_STAGES},
-            "totals": {k: self.totals[k] for k in (*RATE_STAGES, "batches", "songs_sent")},
-            "excerpts": {"rendered": self.totals["excerpts"], "preroll_capped": self.totals["preroll_capped"]},
-            "pool": {"size": len(self.pool), "capacity": self.pool.capacity, "budget_bytes": self.budget_bytes(),
-                     **self.pool.freshness()},
-            "reuse": {"value": self.pool.reuse, "auto": self.reuse.auto, "max": self.cfg.max_reuse},
-            "workers": {"alive": len(self.peers.workers), "target": sup.target if sup else 0,
-                        "auto": self.scaler is not None, "min": self.cfg.min_workers, "max": self.cfg.max_workers,
-                        "restarts": sup.restarts if sup else 0,
-                        "capacity_rate": round(self.peers.capacity_rate(), 2),
-                        "list": [w.describe(now) for w in self.peers.workers.values()]},
-            "clients": [c.describe() for c in self.peers.clients.values()],
-            **grouped_counters(self.totals, self.errors),
-            "banned_songs": self.book.describe(),
-        }
+        return broker_snapshot(self)

@@ -3,10 +3,12 @@
 A snapshot is the JSON object the broker answers to ``{"cmd": "stats"}`` (``Broker.snapshot``):
 ``rates``/``totals`` (chunks: rendered, kept, received, served), ``pool``, ``reuse``, ``workers``,
 ``excerpts`` (rendered, preroll_capped), ``clients``, ``rejections``, ``song_errors``, ``malformed``, ``errors``,
-``paused``, ``uptime_s``.
+``paused``, ``uptime_s``, ``banned_songs``, ``fixed_sets`` (requests, rendered, served, failed, cached,
+rendering).
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 RATE_STAGES = ("rendered", "kept", "received", "served")
@@ -26,6 +28,28 @@ def grouped_counters(totals: dict[str, int], errors: dict[str, int]) -> dict[str
     groups["malformed"] = sum(v for k, v in errors.items() if k in MALFORMED or k.startswith("bad_"))
     groups["errors"] = dict(errors)
     return groups
+
+
+def broker_snapshot(broker) -> dict:
+    """The stats object of a ``serve.broker.Broker`` (``Broker.snapshot``; layout above)."""
+    now, sup = time.monotonic(), broker.supervisor
+    return {
+        "address": broker.address, "uptime_s": now - broker.started, "paused": broker.paused,
+        "rates": {k: broker.meters[k].rate() for k in RATE_STAGES},
+        "totals": {k: broker.totals[k] for k in (*RATE_STAGES, "batches", "songs_sent")},
+        "excerpts": {"rendered": broker.totals["excerpts"], "preroll_capped": broker.totals["preroll_capped"]},
+        "pool": {"size": len(broker.pool), "capacity": broker.pool.capacity, "budget_bytes": broker.budget_bytes(),
+                 **broker.pool.freshness()},
+        "reuse": {"value": broker.pool.reuse, "auto": broker.reuse.auto, "max": broker.cfg.max_reuse},
+        "workers": {"alive": len(broker.peers.workers), "target": sup.target if sup else 0,
+                    "auto": broker.scaler is not None, "min": broker.cfg.min_workers, "max": broker.cfg.max_workers,
+                    "restarts": sup.restarts if sup else 0,
+                    "capacity_rate": round(broker.peers.capacity_rate(), 2),
+                    "list": [w.describe(now) for w in broker.peers.workers.values()]},
+        "clients": [c.describe() for c in broker.peers.clients.values()],
+        **grouped_counters(broker.totals, broker.errors),
+        "banned_songs": broker.book.describe(), "fixed_sets": broker.fixed.describe(),
+    }
 
 
 def _fmt_duration(seconds: float) -> str:

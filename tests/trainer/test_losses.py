@@ -49,7 +49,7 @@ def test_mse_and_mae_known_values_per_stem():
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_weights_scale_total_not_per_stem(name):
     torch.manual_seed(0)
-    estimate, target = torch.randn(2, 4, 600), torch.randn(2, 4, 600)
+    estimate, target = torch.randn(2, 4, 2400), torch.randn(2, 4, 2400)
     loss = get_loss(name)
     plain, per_stem = loss(estimate, target)
     doubled, per_stem2 = loss(estimate, target, torch.full((4,), 2.0))

@@ -34,9 +34,14 @@ def train_args(address: str, run_dir: Path, steps: int, *extra: str) -> list[str
             "--give-up", "60", *extra]
 
 
-def rows(run_dir: Path) -> list[dict]:
+def all_rows(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def rows(run_dir: Path) -> list[dict]:
+    """Training rows (validation rows, with ``valid_sisdri``, are in the same file)."""
+    return [r for r in all_rows(run_dir) if "loss" in r]
 
 
 def test_train_resume_and_ctrl_c(server, tmp_path):
@@ -45,7 +50,9 @@ def test_train_resume_and_ctrl_c(server, tmp_path):
                            text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "receptive field 67 samples" in first.stdout and "steps 0 -> 6" in first.stdout
-    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["last.pt", "step-00000003.pt", "step-00000006.pt"]
+    # the last step is validated on the server's fixed valid set, which keeps best.pt
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["best.pt", "last.pt", "step-00000003.pt",
+                                                            "step-00000006.pt"]
     ckpt = load_checkpoint(run_dir / "last.pt")
     assert ckpt.step == 6 and ckpt.loss == "mae" and ckpt.model_config.stems == 4
     assert (ckpt.spec.target, ckpt.spec.context, ckpt.spec.sample_rate) == (1024, 256, 44100)
@@ -120,3 +127,21 @@ def test_eval_and_separate_on_a_trained_checkpoint(server, tmp_path):
     for stem in ("drums", "piano", "strings", "bass"):
         info = sf.info(tmp_path / "stems" / f"{stem}.wav")
         assert (info.frames, info.samplerate) == (30_000, 22050)
+
+
+def test_validation_curve_and_best_checkpoint(server, tmp_path):
+    run_dir = tmp_path / "valid"
+    done = subprocess.run(train_args(server, run_dir, 6, "--valid-every", "2", "--valid-split", "train",
+                                     "--valid-n", "2", "--valid-seconds", "0.5", "--loss", "mae+0.1*sisdr"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "validation set: 2 excerpts x 0.5 s of split train" in done.stdout
+    valid = [r for r in all_rows(run_dir) if "valid_sisdri" in r]
+    assert valid and valid[-1]["step"] == 6                         # the final step is always validated
+    for r in valid:
+        assert all(np.isfinite(r[f"valid_sisdri_{s}"]) for s in ("drums", "piano", "strings", "bass"))
+        assert r["valid_best"] == max(v["valid_sisdri"] for v in valid if v["step"] <= r["step"])
+    best = load_checkpoint(run_dir / "best.pt")
+    assert best.data["valid"]["valid_sisdri"] == valid[-1]["valid_best"]
+    assert best.gain.mode == "rms" and load_checkpoint(run_dir / "last.pt").data["best_valid"] == valid[-1]["valid_best"]
+    assert all(r["skipped_steps"] == 0 and np.isfinite(r["grad_norm"]) for r in rows(run_dir))

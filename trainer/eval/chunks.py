@@ -36,6 +36,7 @@ from synth_server.synth.soundfont import resolve_soundfonts
 
 from ..checkpoint import load_separator
 from ..config import EvalConfig, resolve_device
+from ..gain import GainStaging, apply_separator
 from ..metrics import irm_oracle, si_sdr
 from ..separate import stem_names
 
@@ -98,16 +99,17 @@ def eval_chunks(corpus: CorpusConfig, audio: AudioConfig, render: RenderConfig, 
 
 
 def estimate(model: nn.Module, stems: torch.Tensor, target: int, device: torch.device,
-             batch_size: int) -> torch.Tensor:
+             batch_size: int, gain: GainStaging) -> torch.Tensor:
     """Model estimates: stems (count, stems, window) -> (count, stems, target) float32 on cpu.
 
-    The mixture ``stems.sum(1)`` is fed in batches of ``batch_size`` under ``torch.no_grad``.
+    The mixture ``stems.sum(1)`` is fed in batches of ``batch_size`` under ``torch.no_grad``,
+    with the checkpoint's gain staging (``gain.apply_separator``).
     """
     mixture = stems.sum(dim=1, keepdim=True)                 # (count, 1, window)
     outs = []
     with torch.no_grad():
         for a in range(0, len(mixture), batch_size):
-            outs.append(model(mixture[a:a + batch_size].to(device), target).float().cpu())
+            outs.append(apply_separator(model, mixture[a:a + batch_size].to(device), target, gain).float().cpu())
     return torch.cat(outs)
 
 
@@ -215,7 +217,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     if len(stems_np) < cfg.n:
         log.warning("eval: only %d of %d chunks available in split %r", len(stems_np), cfg.n, cfg.split)
     stems = torch.from_numpy(stems_np)
-    estimates = estimate(model, stems, audio.target, device, cfg.batch_size)
+    estimates = estimate(model, stems, audio.target, device, cfg.batch_size, ckpt.gain)
     oracle = oracle_targets(stems, audio.context, audio.target, cfg.batch_size)
     summary = summarise(score_chunks(stems, estimates, oracle, audio.context), names)
     result = {"checkpoint": str(cfg.checkpoint), "step": ckpt.step,

@@ -81,7 +81,7 @@ def load_models(paths: tuple[Path, ...], device: torch.device) -> list[Model]:
 
 def estimates_of(models: list[Model], excerpt: Excerpt, window: int, device: torch.device) -> dict[str, np.ndarray]:
     """Every model's estimate and the IRM oracle of one excerpt: name -> (stems, time) float32."""
-    out = {m.name: separate_waveform(m.module, excerpt.mixture, window, device) for m in models}
+    out = {m.name: separate_waveform(m.module, excerpt.mixture, window, device, gain=m.ckpt.gain) for m in models}
     out["oracle"] = oracle_estimates(excerpt.stems.astype(np.float64), excerpt.mixture).astype(np.float32)
     return out
 

@@ -32,6 +32,8 @@ PRESETS: dict[str, ArchConfig] = {
     # WaveNet (the seed model) and the FlatConv baseline
     "seed": WaveNetConfig(),
     "tiny": WaveNetConfig(stacks=2, blocks=4, channels=16, head=(32, 32)),
+    # a 2-core CPU trains it in minutes: 62 k parameters, receptive field 4097 samples (93 ms at 44.1 kHz)
+    "small": WaveNetConfig(stacks=2, blocks=10, channels=24, head=(48,)),
     "flatconv": FlatConvConfig(),
     "flatconv-tiny": FlatConvConfig(kernel=33, channels=16),
     # Wave-U-Net: the paper's 12 levels need --context 69622; 7 levels fit the default stream
