@@ -1,0 +1,31 @@
+"""Loaded at start-up by every Python process of `bench/gpu.sh` (this folder is on PYTHONPATH).
+
+pyfluidsynth finds libfluidsynth with ``ctypes.util.find_library``, which on Linux reads only
+the ldconfig cache (or asks gcc / ld): a library unpacked into a folder is invisible to it.
+``STEMSTREAM_FLUIDSYNTH_LIB`` names the bundle's copy; its own dependencies resolve through
+LD_LIBRARY_PATH, which gpu.sh sets. A sitecustomize of the box's own, which this one shadows,
+runs afterwards.
+"""
+import ctypes.util
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+_LIB = os.environ.get("STEMSTREAM_FLUIDSYNTH_LIB")
+if _LIB:
+    _find_library = ctypes.util.find_library
+
+    def find_library(name):
+        if name.removeprefix("lib").split("-")[0] == "fluidsynth":
+            return _LIB
+        return _find_library(name)
+
+    ctypes.util.find_library = find_library
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_rest = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+_spec = importlib.machinery.PathFinder.find_spec("sitecustomize", _rest)
+if _spec is not None and _spec.loader is not None:
+    _module = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_module)
