@@ -18,7 +18,6 @@ export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor" TRITON_CACHE_DIR="$WORK/triton" 
 "$PYTHON" "$ROOT/bench/gpu_install.py" "$ROOT" "$WORK/site" ${STEMSTREAM_BUNDLE_ALL_WHEELS:+--all} \
   > "$WORK/install.json"
 export PYTHONPATH="$ROOT:$ROOT/bench/gpu_site:$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
-export LD_LIBRARY_PATH="$ROOT/bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export STEMSTREAM_FLUIDSYNTH_LIB="$ROOT/bundle/lib/libfluidsynth.so.3"
 
 "$PYTHON" "$ROOT/bench/gpu_bench.py" --bundle "$ROOT" --work "$WORK" --install "$WORK/install.json" "$@"

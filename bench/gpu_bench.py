@@ -45,6 +45,9 @@ log = logging.getLogger("gpu-bench")
 SCHEMA = "stemstream-gpu-bench/1"
 SHARES = {"steps": 0.28, "stream": 0.62, "train_eval": 1.0}     # deadlines, as shares of the limit
 REUSE_STEPS = ("1", "2", "4", "auto")
+# which libfluidsynth pyfluidsynth loaded, and every shared object mapped after that
+FLUIDSYNTH_CHECK = ("import fluidsynth, json; print(json.dumps({'lib': fluidsynth.lib, 'mapped': sorted("
+                    "{l.split()[-1] for l in open('/proc/self/maps') if '.so' in l})}))")
 
 
 @dataclass(frozen=True)
@@ -353,12 +356,17 @@ def environment(cfg: BenchConfig, manifest: dict, install: dict) -> dict:
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
                    gpu_memory_gib=round(props.total_memory / 2**30, 1))
-    try:
-        import fluidsynth
-
-        env["fluidsynth_lib"] = fluidsynth.lib
-    except Exception as exc:                        # parts 2 and 3 will fail; part 1 still runs
-        env["fluidsynth_error"] = f"{type(exc).__name__}: {exc}"
+    # in a child: this process compiles in part 1 and keeps its loaded libraries clean until then.
+    # System copies of bundled sonames are those Python had loaded itself (libffi, liblzma, ...).
+    check = subprocess.run([sys.executable, "-c", FLUIDSYNTH_CHECK], capture_output=True, text=True, timeout=60)
+    if check.returncode == 0:
+        seen = json.loads(check.stdout)
+        bundled = (cfg.soundfont.parents[1] / "lib" / "LOAD_ORDER").read_text().split()
+        env["fluidsynth_lib"] = seen["lib"]
+        env["fluidsynth_system_copies"] = [p for p in seen["mapped"] if any(
+            Path(p).name.startswith(name) for name in bundled) and not p.startswith(str(cfg.soundfont.parents[1]))]
+    else:                                           # parts 2 and 3 will fail; part 1 still runs
+        env["fluidsynth_error"] = check.stderr.strip()[-600:]
     return env
 
 

@@ -3,7 +3,8 @@
 The bundle holds the project (its tracked files under synth_server/, trainer/, bench/, docs/),
 ``bundle/wheels/``: wheels for every runtime dependency except what the box brings (torch,
 numpy), for one Python version and manylinux platform; ``bundle/lib/``: libfluidsynth and the
-shared libraries it loads, minus glibc and the C++ runtime every PyTorch box has;
+shared libraries it loads, minus glibc and the C++ runtime every PyTorch box has, with their
+LOAD_ORDER;
 ``bundle/soundfonts/``: a small GM soundfont (TimGM6mb, taken from the pretty_midi wheel); and
 ``bundle/manifest.json`` (what is in it, from where, and the glibc the libraries need).
 
@@ -230,15 +231,22 @@ def collect_libs(dest: Path, source: str) -> list[dict]:
     owners = {soname: _package_of(path.resolve()) for soname, path in libs.items()}
     if source == "download":
         stage = Path(tempfile.mkdtemp(prefix="gpu-bundle-debs-"))
-        packages = sorted({f"{p}={v}" for p, v in owners.values()})
-        subprocess.run(["apt-get", "download", "-q", *packages], cwd=stage, check=True)
+        stage.chmod(0o777)                      # apt downloads as its own user where it can
+        packages = sorted({p for p, _ in owners.values()})
+        # the archive's current versions (security fixes included; the installed one may be gone)
+        subprocess.run(["apt-get", "download", "-qq", *packages], cwd=stage, check=True)
+        versions = {}
         for deb in stage.glob("*.deb"):
             subprocess.run(["dpkg", "-x", str(deb), str(stage / "root")], check=True)
-        staged = {p.name: p for p in (stage / "root").rglob("*.so*") if p.is_file()}
+            fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version"], capture_output=True,
+                                    text=True, check=True).stdout
+            name, version = (line.split(": ", 1)[1] for line in fields.splitlines()[:2])
+            versions[name] = version
+        staged = {p.name: p for p in (stage / "root").rglob("*.so*")}
+        owners = {s: (p, versions[p]) for s, (p, _) in owners.items()}
     rows = []
     for soname, path in sorted(libs.items()):
-        real = path.resolve()
-        origin = staged[real.name] if source == "download" else real
+        origin = staged[soname].resolve() if source == "download" else path.resolve()
         shutil.copyfile(origin, dest / soname)
         package, version = owners[soname]
         rows.append({"soname": soname, "package": package, "version": version, "bytes": (dest / soname).stat().st_size})
@@ -248,13 +256,22 @@ def collect_libs(dest: Path, source: str) -> list[dict]:
                if not BASE_LIBS.match(s) and (p is None or Path(p).parent != dest)]
     if missing:
         raise SystemExit(f"bundle/lib is incomplete: {missing} do not resolve inside it")
+    write_load_order(dest)
     return rows
+
+
+def write_load_order(folder: Path) -> None:
+    """``folder/LOAD_ORDER``: the sonames, each after everything it loads (fewer transitive
+    dependencies first), so they can be loaded by path one by one without LD_LIBRARY_PATH."""
+    inside = {p.name for p in folder.glob("*.so*")}
+    depth = {name: sum(dep in inside for dep in ldd(folder / name, folder)) for name in inside}
+    (folder / "LOAD_ORDER").write_text("\n".join(sorted(inside, key=lambda n: (depth[n], n))) + "\n")
 
 
 def glibc_needed(folder: Path) -> str:
     """Highest GLIBC_x.y symbol version any library in ``folder`` asks for."""
     best = (2, 17)
-    for lib in folder.iterdir():
+    for lib in folder.glob("*.so*"):
         for m in re.finditer(rb"GLIBC_(\d+)\.(\d+)", lib.read_bytes()):
             best = max(best, (int(m.group(1)), int(m.group(2))))
     return f"{best[0]}.{best[1]}"

@@ -2,10 +2,13 @@
 
 pyfluidsynth finds libfluidsynth with ``ctypes.util.find_library``, which on Linux reads only
 the ldconfig cache (or asks gcc / ld): a library unpacked into a folder is invisible to it.
-``STEMSTREAM_FLUIDSYNTH_LIB`` names the bundle's copy; its own dependencies resolve through
-LD_LIBRARY_PATH, which gpu.sh sets. A sitecustomize of the box's own, which this one shadows,
+``STEMSTREAM_FLUIDSYNTH_LIB`` names the bundle's copy. Its dependencies (listed in LOAD_ORDER
+beside it, each after what it needs) are loaded by path first, so the loader finds them by
+soname; no LD_LIBRARY_PATH, which would hand the bundle's libraries to every program the
+benchmark starts (compilers included). A sitecustomize of the box's own, which this one shadows,
 runs afterwards.
 """
+import ctypes
 import ctypes.util
 import importlib.machinery
 import importlib.util
@@ -15,9 +18,18 @@ import sys
 _LIB = os.environ.get("STEMSTREAM_FLUIDSYNTH_LIB")
 if _LIB:
     _find_library = ctypes.util.find_library
+    _loaded = []
+
+    def _preload():
+        folder = os.path.dirname(_LIB)
+        with open(os.path.join(folder, "LOAD_ORDER")) as f:
+            for name in f.read().split():
+                _loaded.append(ctypes.CDLL(os.path.join(folder, name), mode=ctypes.RTLD_GLOBAL))
 
     def find_library(name):
         if name.removeprefix("lib").split("-")[0] == "fluidsynth":
+            if not _loaded:
+                _preload()
             return _LIB
         return _find_library(name)
 
