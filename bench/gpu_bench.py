@@ -27,6 +27,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -100,6 +101,7 @@ class Context:
         self.session: StreamSession | None = None
         self.corpus: Path | None = None
         self.step_s: float | None = None          # batch-12 step of the trainer's setting (part 1)
+        self.current: str | None = None
 
     def deadline(self, part: str) -> float:
         return self.start + SHARES[part] * self.cfg.time_limit - (3.0 if part == "train_eval" else 0.0)
@@ -120,15 +122,36 @@ def run_part(ctx: Context, name: str, fn) -> None:
         part = {"status": "skipped", "reason": f"time: {left:.0f} s left before its deadline, needs ~{needs} s"}
     else:
         log.info("part %s: until +%.0f s", name, until - ctx.start)
+        ctx.current = name
         try:
             part = {"status": "ok", **fn(ctx, until)}
         except Exception as exc:                    # one failed part does not stop the others
             log.error("part %s failed:\n%s", name, traceback.format_exc())
             part = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    ctx.current = None
     part["wall_s"] = round(time.monotonic() - started, 1)
     log.info("part %s: %s (%.0f s)", name, part["status"], part["wall_s"])
     ctx.result["parts"][name] = part
     ctx.save()
+
+
+def watchdog(ctx: Context, grace: float = 20.0) -> threading.Timer:
+    """Past the limit + ``grace`` (a step that hangs, a compile that never ends): record the part
+    that was running as failed, stop the subprocesses, write the JSON and exit 3."""
+    def fire() -> None:
+        if ctx.current is not None:
+            ctx.result["parts"][ctx.current] = {"status": "failed", "error": "still running past the time limit"}
+        log.error("over the time limit (part %s): stopping", ctx.current)
+        if ctx.session is not None:
+            ctx.session.close()
+        ctx.save()
+        logging.shutdown()
+        os._exit(3)
+
+    timer = threading.Timer(ctx.cfg.time_limit + grace - (time.monotonic() - ctx.start), fire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 # --- part 1 ------------------------------------------------------------------------------------
@@ -404,11 +427,13 @@ def main(argv: list[str] | None = None) -> int:
         ctx.save()
         log.error(result["error"])
         return 2
+    timer = watchdog(ctx)
     try:
         run_part(ctx, "steps", part_steps)
         run_part(ctx, "stream", part_stream)
         run_part(ctx, "train_eval", part_train_eval)
     finally:
+        timer.cancel()
         if ctx.session is not None:
             ctx.session.close()
         result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
