@@ -280,10 +280,16 @@ def glibc_needed(folder: Path) -> str:
 # --- the bundle --------------------------------------------------------------------------------
 
 def copy_project(out: Path) -> str:
-    """The project's tracked files (working-tree content) into ``out``; returns the commit."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *PROJECT_PATHS], cwd=ROOT, capture_output=True)
+    """The project's files into ``out``: the tracked and untracked-but-not-ignored ones of a git
+    checkout (working-tree content), else the folders as they are. Returns the commit."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+                             *PROJECT_PATHS], cwd=ROOT, capture_output=True)
     if listed.returncode != 0:
-        raise SystemExit("make_gpu_bundle needs a git checkout (it copies the tracked files)")
+        for rel in PROJECT_PATHS:
+            copy = shutil.copytree if (ROOT / rel).is_dir() else shutil.copy2
+            copy(ROOT / rel, out / rel, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                           if (ROOT / rel).is_dir() else {}))
+        return "unknown (not a git checkout)"
     for rel in filter(None, listed.stdout.decode().split("\0")):
         if (ROOT / rel).is_file():
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
