@@ -57,6 +57,7 @@ def test_bundle_holds_the_project_wheels_libraries_and_a_soundfont(bundle):
     assert manifest["mib"] <= 60 and manifest["glibc_min"].startswith("2.")
 
 
+@pytest.mark.slow
 def test_dry_run_from_the_bundle_measures_every_part(bundle, tmp_path):
     """gpu.sh with only the bundle's wheels (--all), a fresh TMPDIR, no PYTHONPATH of the checkout."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CI")}
