@@ -266,7 +266,9 @@ def part_stream(ctx: Context, until: float) -> dict:
     phases = []
     for reuse, start, end in spans:
         settle = 0.3 * (end - start)                # the pool adjusts to the new R first
-        fig = phase_figures(rows, start + settle, end, cfg.train_batch)
+        # rows whose server stats still showed the previous R are left out
+        same = [r for r in rows if reuse == "auto" or r.get("reuse") in (None, int(reuse))]
+        fig = phase_figures(same, start + settle, end, cfg.train_batch)
         phases.append({"reuse": reuse, **fig})
         log.info("stream: R=%s: %s", reuse, fig)
     return {"workers": cfg.workers, "cores": os.cpu_count(), "pool_size": cfg.pool_size,
