@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libfluidsynth3 fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small avldrums.lv2-soundfont chromium
 
-.PHONY: test test-fast system-deps venv bench clean
+.PHONY: test test-fast system-deps venv bench gpu-bundle clean
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -41,6 +41,16 @@ bench: venv
 	$(PY) bench/train.py
 	$(PY) bench/models.py
 	$(PY) bench/eval.py
+
+# The offline GPU benchmark bundle (needs the registries here; nothing is fetched on the GPU box).
+# GPU_PYTHON / GPU_GLIBC: the box's CPython and the newest manylinux glibc it takes; GPU_CORPUS: MIDI to ship.
+GPU_BUNDLE ?= dist/gpu-bundle
+GPU_PYTHON ?= 3.12
+GPU_GLIBC  ?= 2.28
+GPU_CORPUS ?=
+gpu-bundle: venv
+	$(PY) bench/make_gpu_bundle.py --out $(GPU_BUNDLE) --python-version $(GPU_PYTHON) --glibc $(GPU_GLIBC) \
+	  $(if $(GPU_CORPUS),--corpus $(GPU_CORPUS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -78,19 +78,24 @@ class Server:
         self.log.close()
 
 
+def greedy_rate(address: str, seconds: float, warmup: float = 8.0) -> float:
+    """Chunks/s a client that reads as fast as it can receives, after ``warmup`` seconds (the
+    workers load the soundfont, the pool fills once). At R=1 that is the server's kept rate."""
+    with StreamClient(address, batch_size=16, prefetch=4, timeout=60) as client:
+        warm = time.monotonic() + warmup
+        while time.monotonic() < warm:
+            next(client)
+        start, chunks = time.monotonic(), 0
+        while time.monotonic() - start < seconds:
+            chunks += len(next(client).chunks)
+        return chunks / (time.monotonic() - start)
+
+
 def delivered_rate(corpus: Path, workers: int, seconds: float, tmp: Path) -> tuple[float, dict]:
     """Chunks/s a greedy client receives after a warm-up, with ``workers`` local workers, R=1."""
     server = Server(corpus, workers, 512, tmp / f"serve{workers}.log", "--reuse", "1")
     try:
-        with StreamClient(server.address, batch_size=16, prefetch=4, timeout=60) as client:
-            warm = time.monotonic() + 8.0      # workers load the soundfont, the pool fills once
-            while time.monotonic() < warm:
-                next(client)
-            start, chunks = time.monotonic(), 0
-            while time.monotonic() - start < seconds:
-                chunks += len(next(client).chunks)
-            rate = chunks / (time.monotonic() - start)
-        return rate, server.stats()
+        return greedy_rate(server.address, seconds), server.stats()
     finally:
         server.close()
 

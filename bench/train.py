@@ -3,7 +3,7 @@
   (1) step time (forward + backward + Adam) of the `seed` and `tiny` models on synthetic stems of
       the default geometry (target 4410, context 4096) on the current device, the FLOPs of one
       step counted by torch.utils.flop_counter (convolutions and their gradients), the achieved
-      FLOP/s and, on CUDA, the share of an H200's dense bf16 peak (~990 TFLOP/s). Batch 12 on
+      FLOP/s and, on CUDA, the share of the card's dense bf16 peak (datasheet). Batch 12 on
       CUDA; on CPU the seed model runs batch 1 (the figure says so) and `tiny` batch 12.
       Settings as `trainer train` resolves them: bf16 autocast and torch.compile on CUDA.
   (2) data-wait share of a real `trainer train` run fed by a local `synth-server serve` with W
@@ -42,8 +42,22 @@ from trainer.losses import mae_loss  # noqa: E402
 from trainer.models import build_model, count_parameters, preset  # noqa: E402
 from trainer.train import StepRunner, run_train  # noqa: E402
 
-H200_BF16_PEAK = 990e12
+# Dense bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, no sparsity), matched
+# against torch.cuda.get_device_name; the first matching key wins.
+BF16_PEAK_TFLOPS = (("H200", 989.0), ("GH200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0),
+                    ("H800", 989.0), ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0),
+                    ("L40", 181.0), ("L4", 121.0), ("A10", 125.0), ("RTX 6000 Ada", 364.0),
+                    ("RTX 4090", 165.0), ("RTX 3090", 71.0))
 TARGET, CONTEXT = 4410, 4096
+
+
+def card_peak(device: torch.device) -> tuple[str, float | None]:
+    """(device name, dense bf16 peak in FLOP/s or None when the card is not in the table)."""
+    if device.type != "cuda":
+        return "cpu", None
+    name = torch.cuda.get_device_name(device)
+    peak = next((tflops for key, tflops in BF16_PEAK_TFLOPS if key in name), None)
+    return name, None if peak is None else peak * 1e12
 
 
 def _sync(device: torch.device) -> None:
@@ -52,37 +66,47 @@ def _sync(device: torch.device) -> None:
 
 
 def step_figures(name: str, batch: int, steps: int, device: torch.device, *, context: int = CONTEXT,
-                 target: int = TARGET) -> dict:
-    """Median step time, FLOPs per step and FLOP/s of preset ``name`` at ``batch`` on windows of
-    ``target + 2 * context`` samples (the model config adapted to that stream geometry)."""
+                 target: int = TARGET, compiled: bool | None = None, backend: str = "inductor") -> dict:
+    """Step time (mean over ``steps`` steps after warm-up, one sync), FLOPs per step and FLOP/s of
+    preset ``name`` at ``batch`` on windows of ``target + 2 * context`` samples (the model config
+    adapted to that stream geometry), with bf16 autocast as `trainer train` resolves it on ``device``.
+
+    ``compiled`` None: as `trainer train` resolves "auto" (on CUDA); ``backend`` is the
+    torch.compile backend ("eager" checks the wrapping without compiling).
+    """
     torch.manual_seed(0)
     window = 2 * context + target
     model = build_model(preset(name).for_stream(44100, window, 4)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    compiled = resolve_compile("auto", device)
-    runner = StepRunner(torch.compile(model) if compiled else model, opt, mae_loss, context=context,
-                        target=target, amp_dtype=resolve_amp("auto", device))
+    compiled = resolve_compile("auto", device) if compiled is None else compiled
+    amp = resolve_amp("auto", device)
+    if compiled:
+        torch._dynamo.reset()           # a fresh static compile per shape, as one training run has
+    runner = StepRunner(torch.compile(model, backend=backend) if compiled else model, opt, mae_loss,
+                        context=context, target=target, amp_dtype=amp)
     stems = 0.1 * torch.randn(batch, 4, window, device=device)
+    start = time.perf_counter()
     for _ in range(3 if compiled else 1):        # warm-up (and compilation)
         runner(stems)
     _sync(device)
+    warmup_s = time.perf_counter() - start
     with FlopCounterMode(display=False) as counter:
-        StepRunner(model, opt, mae_loss, context=context, target=target,
-                   amp_dtype=resolve_amp("auto", device))(stems)
-    times = []
+        StepRunner(model, opt, mae_loss, context=context, target=target, amp_dtype=amp)(stems)
+    _sync(device)
+    start = time.perf_counter()
     for _ in range(steps):
-        start = time.perf_counter()
         runner(stems)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    step_s = sorted(times)[len(times) // 2]
+    _sync(device)
+    step_s = (time.perf_counter() - start) / steps
     flops = counter.get_total_flops()
+    card, peak = card_peak(device)
     out = {"model": name, "batch": batch, "params": count_parameters(model), "step_ms": step_s * 1e3,
-           "flops_per_step": flops, "tflops_per_s": flops / step_s / 1e12, "device": str(device),
-           "compiled": compiled, "amp": str(resolve_amp("auto", device) or "off"),
+           "steps_timed": steps, "warmup_s": warmup_s, "flops_per_step": flops,
+           "tflops_per_s": flops / step_s / 1e12, "device": str(device), "card": card, "compiled": compiled,
+           "compile_backend": backend if compiled else None, "amp": str(amp or "off"),
            "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        out["share_of_h200_peak"] = out["tflops_per_s"] * 1e12 / H200_BF16_PEAK
+    if peak is not None:
+        out.update(peak_tflops=peak / 1e12, share_of_peak=flops / step_s / peak)
     return out
 
 
@@ -133,7 +157,7 @@ def main() -> int:
         batch = 12 if device.type == "cuda" or name != "seed" else 1
         fig = step_figures(name, batch, args.steps, device)
         note = " (batch 1 on CPU: seed is too slow for 12)" if device.type == "cpu" and name == "seed" else ""
-        peak = f", {fig['share_of_h200_peak']:.1%} of H200 bf16 peak" if "share_of_h200_peak" in fig else ""
+        peak = f", {fig['share_of_peak']:.1%} of the {fig['card']} bf16 peak" if "share_of_peak" in fig else ""
         print(f"{name}: {fig['params']:,} params, batch {batch}{note}: {fig['step_ms']:.1f} ms/step, "
               f"{fig['flops_per_step'] / 1e9:.1f} GFLOP/step, {fig['tflops_per_s'] * 1e3:.1f} GFLOP/s{peak} "
               f"[{fig['device']}, amp {fig['amp']}, compile {fig['compiled']}, {fig['threads']} threads]",
