@@ -46,6 +46,9 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PATHS = ("synth_server", "trainer", "bench", "docs", "pyproject.toml", "README.md")
 TARGET_PROVIDES = {"torch", "numpy"}        # the GPU box's own; never bundled
+# not needed by gpu.sh (it draws no pictures: eval imports matplotlib only for --plot/--report),
+# and with its dependencies it would take the bundle past 60 MiB
+NOT_BUNDLED = {"matplotlib"}
 # Loaded from the box itself: glibc must match its own loader; the C++ runtime is PyTorch's.
 BASE_LIBS = re.compile(r"^(ld-linux.*|linux-vdso.*|lib(c|m|dl|rt|pthread|resolv|util|stdc\+\+|gcc_s)\.so.*)$")
 FLUIDSYNTH = "libfluidsynth.so.3"
@@ -79,7 +82,7 @@ def project_requirements() -> list[Requirement]:
 
 
 def dependency_closure(roots: list[Requirement], requires, env: dict) -> list[str]:
-    """Canonical names of ``roots`` and everything they need under ``env``, minus TARGET_PROVIDES.
+    """Canonical names of ``roots`` and everything they need under ``env``, minus TARGET_PROVIDES and NOT_BUNDLED.
 
     ``requires(name)`` -> the Requires-Dist strings of distribution ``name``.
     """
@@ -88,7 +91,7 @@ def dependency_closure(roots: list[Requirement], requires, env: dict) -> list[st
     while todo:
         req = todo.pop(0)
         name = canonicalize_name(req.name)
-        if name in TARGET_PROVIDES or name in seen or (req.marker and not req.marker.evaluate(env)):
+        if name in TARGET_PROVIDES or name in NOT_BUNDLED or name in seen or (req.marker and not req.marker.evaluate(env)):
             continue
         seen.append(name)
         for text in requires(name) or []:
