@@ -301,8 +301,8 @@ def part_train_eval(ctx: Context, until: float) -> dict:
         raise RuntimeError(f"the trainer left no checkpoint (exit {rc}; see {cfg.out / 'train.log'})")
     eval_json = cfg.out / "eval.json"
     cmd = [sys.executable, "-m", "trainer", "eval", "--checkpoint", str(checkpoint), "--corpus", str(ctx.corpus),
-           "--split", "test", "--n", str(cfg.eval_n), "--json", str(eval_json), "--soundfont", str(cfg.soundfont),
-           "--device", cfg.device]
+           "--split", "test", "--unit", "chunk", "--n", str(cfg.eval_n), "--json", str(eval_json),
+           "--soundfont", str(cfg.soundfont), "--device", cfg.device]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           timeout=max(10.0, until - time.monotonic()))
     log.info("trainer eval (exit %d):\n%s%s", done.returncode, done.stdout, done.stderr[-2000:])

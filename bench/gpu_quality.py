@@ -28,7 +28,7 @@ def amp_agreement(checkpoint: Path, corpus: Path, soundfont: Path, n: int, devic
     for the trained checkpoint and for the same model at initialisation."""
     from synth_server.config import AudioConfig, CorpusConfig, RenderConfig
     from trainer.checkpoint import load_separator
-    from trainer.evaluate import EXCERPT_S, classes_for, estimate, eval_chunks
+    from trainer.eval.chunks import EXCERPT_S, classes_for, estimate, eval_chunks
     from trainer.models import build_model
     from trainer.separate import stem_names
 
@@ -40,9 +40,9 @@ def amp_agreement(checkpoint: Path, corpus: Path, soundfont: Path, n: int, devic
     stems = torch.from_numpy(stems)
 
     def snr(m) -> dict:
-        fp32 = estimate(m, stems, audio.target, device, 16).double()
+        fp32 = estimate(m, stems, audio.target, device, 16, ckpt.gain).double()
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            bf16 = estimate(m, stems, audio.target, device, 16).double()
+            bf16 = estimate(m, stems, audio.target, device, 16, ckpt.gain).double()
         per = 10 * torch.log10(fp32.pow(2).sum((0, 2)) / (fp32 - bf16).pow(2).sum((0, 2)).clamp_min(1e-30))
         total = 10 * torch.log10(fp32.pow(2).sum() / (fp32 - bf16).pow(2).sum().clamp_min(1e-30))
         return {"stems": {k: round(v, 2) for k, v in zip(names, per.tolist())}, "overall": round(total.item(), 2)}
