@@ -40,7 +40,8 @@ from stream import Server  # noqa: E402
 from trainer.config import TrainConfig, resolve_amp, resolve_compile, resolve_device  # noqa: E402
 from trainer.losses import mae_loss  # noqa: E402
 from trainer.models import build_model, count_parameters, preset  # noqa: E402
-from trainer.train import StepRunner, run_train  # noqa: E402
+from trainer.step import StepRunner  # noqa: E402
+from trainer.train import run_train  # noqa: E402
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, no sparsity), matched
 # against torch.cuda.get_device_name; the first matching key wins.

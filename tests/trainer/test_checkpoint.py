@@ -10,7 +10,8 @@ from trainer.checkpoint import (CheckpointManager, atomic_save, check_resume, lo
 from trainer.config import DistConfig, TrainConfig
 from trainer.losses import mae_loss
 from trainer.models import build_model, preset
-from trainer.train import StepRunner, _Run
+from trainer.run_state import TrainingRun
+from trainer.step import StepRunner
 
 SPEC = BatchSpec(44100, 64, 40, ("drums", "piano", "strings", "bass"), "float16")
 
@@ -98,13 +99,13 @@ def test_resume_refuses_a_model_config_mismatch(tmp_path):
 def test_resume_starts_fresh_then_continues_and_plain_run_refuses_a_used_dir(tmp_path):
     cfg = TrainConfig(connect="tcp://127.0.0.1:1", run_dir=tmp_path, model="tiny", device="cpu")
     said = []
-    assert _Run(dataclasses.replace(cfg, resume=True), DistConfig(), said.append).resume is None
+    assert TrainingRun(dataclasses.replace(cfg, resume=True), DistConfig(), said.append).resume is None
     assert "starting a new run" in said[0]
     model, opt = trained_tiny()
     CheckpointManager(tmp_path).save(checkpoint_of(model, opt))
     with pytest.raises(ValueError, match="pass --resume"):
-        _Run(cfg, DistConfig(), print)
-    assert _Run(dataclasses.replace(cfg, resume=True), DistConfig(), print).resume.step == 5
+        TrainingRun(cfg, DistConfig(), print)
+    assert TrainingRun(dataclasses.replace(cfg, resume=True), DistConfig(), print).resume.step == 5
 
 
 TINY_KINDS = ["tiny", "waveunet-tiny", "resunet-tiny", "specunet-tiny", "openunmix-tiny", "htdemucs-tiny",

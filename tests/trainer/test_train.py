@@ -13,7 +13,7 @@ from trainer.logging_utils import MetricsLog, RunLogger, server_figures
 from trainer.losses import mae_loss
 from trainer.models import build_model, preset, required_context
 from trainer.data import stems_to_torch
-from trainer.train import StepRunner, remix_stems
+from trainer.step import StepRunner, remix_stems
 
 CONTEXT, TARGET = 40, 64
 WINDOW = 2 * CONTEXT + TARGET
@@ -201,11 +201,11 @@ def test_config_dataclasses_are_frozen(tmp_path):
 
 
 def _run_for(tmp_path, model="tiny", model_config=None):
-    from trainer.train import _Run
+    from trainer.run_state import TrainingRun
 
     cfg = TrainConfig(connect="tcp://127.0.0.1:1", run_dir=tmp_path, model=model, device="cpu",
                       model_config=model_config)
-    return _Run(cfg, DistConfig(), lambda _m: None)
+    return TrainingRun(cfg, DistConfig(), lambda _m: None)
 
 
 def test_model_config_file_reaches_the_built_model(tmp_path):
