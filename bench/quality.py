@@ -11,12 +11,13 @@ the model next to the mixture (0 dB by definition) and the STFT IRM oracle (magn
 from the true stems, same excerpts and region), the model's bf16-autocast-vs-fp32 SNR on those
 excerpts, and the validation curves of all variants as one PNG.
 
-    .venv/bin/python bench/quality.py [--minutes 20] [--variants full] [--model small] [--lr 1e-3]
-        [--workers 1] [--eval-n 32] [--eval-seconds 4] [--out bench-out/quality]
+    .venv/bin/python bench/quality.py [--minutes 20] [--steps N] [--variants full] [--model small]
+        [--lr 1e-3] [--threads 1] [--serve-args '--augment none'] [--workers 1] [--eval-n 32] [--eval-seconds 4] [--out bench-out/quality]
 
 Variants (``VARIANTS``): ``raw`` (no gain staging, no level balance, MAE: the seed's recipe),
 ``gain`` (+ gain staging), ``balance`` (+ level balance), ``mrstft`` (+ mae+mrstft loss),
-``remix`` (+ gain/sign remix and re-pairing across the batch), ``full`` (= remix). CPU figures
+``remix`` (+ gain/sign remix and re-pairing across the batch), ``full`` (= remix), ``cosine``
+(``mrstft`` with 50 warm-up steps and a cosine LR decay to 0 at ``--steps``). CPU figures
 depend on how busy the machine is: the JSON records steps done and the load average.
 """
 from __future__ import annotations
@@ -58,6 +59,7 @@ VARIANTS = {
     "mrstft": {"gain": "rms", "balance": True, "loss": "mae+mrstft"},
     "remix": {"gain": "rms", "balance": True, "loss": "mae+mrstft", "remix": True, "remix_across": True},
 }
+VARIANTS["cosine"] = {**VARIANTS["mrstft"], "lr_schedule": "cosine", "warmup_steps": 50}
 VARIANTS["full"] = VARIANTS["remix"]
 
 
@@ -75,11 +77,12 @@ def build_corpus(folder: Path, demo_songs: int, real: Path | None) -> dict:
 
 
 def train_for(address: str, run_dir: Path, minutes: float, args, variant: dict) -> dict:
-    """``trainer train`` for ``minutes`` wall-clock minutes; the run's summary."""
+    """``trainer train`` for ``minutes`` wall-clock minutes (or ``--steps``, whichever ends first);
+    the run's summary."""
     cfg = TrainConfig(connect=address, run_dir=run_dir, model=args.model, lr=args.lr, batch_size=args.batch_size,
-                      steps=10_000_000, log_every=25, checkpoint_every=10_000_000, audio_every=0,
+                      steps=args.steps or 10_000_000, log_every=25, checkpoint_every=10_000_000, audio_every=0,
                       valid_every=args.valid_every, valid_n=args.valid_n, valid_seconds=args.valid_seconds,
-                      timeout=120, give_up=300, **{**BASE, **variant})
+                      torch_threads=args.threads, timeout=120, give_up=300, **{**BASE, **variant})
     stop = threading.Event()
     timer = threading.Timer(minutes * 60, stop.set)
     timer.start()
@@ -171,6 +174,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=20.0, help="training minutes per variant")
     ap.add_argument("--variants", default="full", help=f"comma-separated, from {sorted(VARIANTS)}")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="stop after this many steps (the span a cosine LR decays over); minutes still cap it")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
+    ap.add_argument("--serve-args", default="", help="extra `serve` flags, e.g. '--augment none'")
     ap.add_argument("--model", default="small")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=12)
@@ -187,16 +194,20 @@ def main() -> int:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
-    torch.set_num_threads(1)
+    if args.steps is None and any("lr_schedule" in VARIANTS[v] for v in names):
+        ap.error("an LR schedule decays over --steps: give --steps")
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         corpus = build_corpus(tmp / "corpus", args.demo_songs, REAL)
-        server = Server(tmp / "corpus", args.workers, 1024, args.out / "serve.log", "--reuse", "1")
+        server = Server(tmp / "corpus", args.workers, 1024, args.out / "serve.log", "--reuse", "1",
+                        *args.serve_args.split())
         results: dict = {"conditions": {"cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(),
                                         "corpus": corpus, "model": args.model, "lr": args.lr,
                                         "batch_size": args.batch_size, "minutes": args.minutes,
-                                        "workers": args.workers}, "variants": {}}
+                                        "steps": args.steps, "threads": args.threads,
+                                        "serve_args": args.serve_args, "workers": args.workers}, "variants": {}}
         try:
             test = fetch_fixed_set(server.address, "test", args.eval_n, args.eval_seconds, seed=1, timeout=600)
             results["conditions"]["test_set"] = {"excerpts": args.eval_n, "seconds": args.eval_seconds,
