@@ -18,9 +18,8 @@ Wire (``protocol``: versioned JSON header + one raw buffer; no hello needed, lik
   (sha256 of the payload, 16 hex digits: two sets with the same digest are the same audio) and
   ``server`` (the server's synthesis config, ``serve.config.source_to_json``) + the payload
   ``(n, stems, samples)`` float32;
-* or ``error`` with ``code`` "fixed_set_failed" (e.g. no eligible song in the split) or
-  "bad_fixed_set_request" (a malformed request, or held-out timbres from a server without
-  held-out soundfonts).
+* or ``error`` with ``code`` "fixed_set_failed" (e.g. no eligible song in the split) or no code
+  (a malformed request, or held-out timbres from a server without held-out soundfonts).
 
 Sizes are bounded on both sides: ``n <= MAX_N``, ``seconds <= MAX_SECONDS``, payload at most
 ``MAX_BYTES``. ``fetch_fixed_set`` is the client call (torch-free, its own socket).
