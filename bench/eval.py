@@ -87,7 +87,7 @@ def main() -> int:
             write_demo_corpus(corpus, 12, 0)
         eligible = build_index(CorpusConfig(root=corpus)).eligible()
         split = max(SPLITS, key=lambda s: (sum(x.split == s for x in eligible), s == "test"))
-        excerpts = corpus_excerpts(corpus, DEFAULT_CLASSES, split, args.n, args.seconds, 0, RATE, [None],
+        excerpts = corpus_excerpts(corpus, DEFAULT_CLASSES, split, args.n, args.seconds, 0, RATE, None, [],
                                    Counter())[0]
     print(f"{len(excerpts)} excerpts x {args.seconds:g} s at {RATE} Hz (split {split}), device {device}, "
           f"torch threads {torch.get_num_threads()}, BSS-eval of 3 systems (model, mixture, oracle) per excerpt")

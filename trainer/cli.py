@@ -131,9 +131,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def eval_config(args: argparse.Namespace, report_dir: Path | None = None) -> EvalConfig:
     """The EvalConfig of parsed ``eval`` / ``report`` flags (ValueError for values that do not fit)."""
     return EvalConfig(
-        checkpoints=tuple(args.checkpoint), corpus=args.corpus, stems_dir=args.stems_dir, unit=args.unit,
-        n=args.n, seconds=args.seconds, seed=args.seed, split=args.split, soundfont=args.soundfont,
-        holdout_soundfonts=tuple(args.holdout_soundfont), stems_map=args.stems_map,
+        checkpoints=tuple(args.checkpoint), corpus=args.corpus, stems_dir=args.stems_dir, connect=args.connect,
+        unit=args.unit, n=args.n, seconds=args.seconds, seed=args.seed, split=args.split, soundfont=args.soundfont,
+        holdout_soundfonts=tuple(args.holdout_soundfont), holdout_timbres=args.holdout_timbres,
+        timeout=args.timeout, curve_keys=args.curve_keys, stems_map=args.stems_map,
         exclude_other=args.exclude_other, bss=args.bss == "museval", json_out=args.json_out,
         plot_out=args.plot_out, table_out=args.table_out, report_dir=report_dir or args.report,
         device=args.device, batch_size=args.batch_size, window=args.window)
@@ -143,8 +144,16 @@ def cmd_eval(args: argparse.Namespace, report_dir: Path | None = None) -> int:
     from .eval.run import run_eval
 
     try:
-        _result, table = run_eval(eval_config(args, report_dir))
-    except (ValueError, FileNotFoundError) as exc:
+        cfg = eval_config(args, report_dir)
+        curve = None
+        if cfg.curve_keys is not None:
+            from synth_server.serve.config import load_client_curve
+
+            curve = load_client_curve(cfg.curve_keys)
+        _result, table = run_eval(cfg, curve)
+    except TimeoutError as exc:
+        return _error(str(exc), EXIT_STREAM)
+    except (ValueError, OSError) as exc:
         return _error(str(exc))
     print(table)
     if report_dir or args.report:
@@ -277,6 +286,8 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
     material = p.add_mutually_exclusive_group(required=True)
     material.add_argument("--corpus", type=Path, help="MIDI folder: render held-out excerpts")
     material.add_argument("--stems-dir", type=Path, help="real multitracks: MUSDB18-HQ or Slakh2100 song folders")
+    material.add_argument("--connect", metavar="ADDRESS",
+                          help="a running server (tcp://host:port): score its fixed sets (no FluidSynth needed)")
     p.add_argument("--unit", default="excerpt", choices=UNITS, help="excerpt (songs) or chunk (100 ms chunks)")
     p.add_argument("--n", type=_positive, default=None, help="excerpts (default 32) or chunks (default 256)")
     p.add_argument("--seconds", type=float, default=10.0, help="excerpt length")
@@ -284,7 +295,13 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--soundfont", type=Path, default=None, help="in-distribution soundfont (file or folder)")
     p.add_argument("--holdout-soundfont", type=Path, action="append", default=[],
-                   help="held-out timbres: render the same excerpts with this soundfont (file or folder)")
+                   help="held-out timbres: render the same excerpts with this soundfont (file, folder or a bank "
+                        "name as serve takes it); repeat for several")
+    p.add_argument("--holdout-timbres", action="store_true",
+                   help="with --connect: also score the server's held-out-timbre version of the excerpts")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="with --connect: seconds to wait for each fixed set (the first request renders it)")
+    p.add_argument("--curve-keys", type=Path, default=None, help="with --connect: CURVE keys folder")
     p.add_argument("--stems-map", type=Path, default=None, help="TOML mapping of stem names to classes")
     p.add_argument("--exclude-other", action="store_true",
                    help="drop sources outside the classes from the mixture (default: they stay in it)")

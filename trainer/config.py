@@ -215,21 +215,27 @@ class EvalConfig:
     ``seed``) with ``soundfont`` (the in-distribution timbres) and, when given, the same
     excerpts with ``holdout_soundfonts``; or the songs of ``stems_dir`` (MUSDB18-HQ / Slakh2100
     layouts, ``stems_map`` a mapping file, ``exclude_other`` drops sources outside the classes
-    from the mixture). ``unit="chunk"`` scores 100 ms chunks instead (one checkpoint, corpus
-    only). ``n`` None means ``DEFAULT_N[unit]`` (every song of ``stems_dir``). ``window``: target samples per model call, as
+    from the mixture); or the fixed sets of the server at ``connect`` (its default timbres and,
+    with ``holdout_timbres``, its held-out ones; ``timeout`` seconds for each, ``curve_keys`` a
+    `synth-server keygen` folder). ``unit="chunk"`` scores 100 ms chunks instead (one checkpoint,
+    corpus only). ``n`` None means ``DEFAULT_N[unit]`` (every song of ``stems_dir``). ``window``: target samples per model call, as
     ``trainer separate``. ``bss`` False skips BSS-eval (SI-SDR only).
     """
 
     checkpoints: tuple[Path, ...]
     corpus: Path | None = None
     stems_dir: Path | None = None
+    connect: str | None = None
     unit: str = "excerpt"
     n: int | None = None
     seconds: float = 10.0
     seed: int = 1234
     split: str = "test"
     soundfont: Path | None = None
-    holdout_soundfonts: tuple[Path, ...] = ()
+    holdout_soundfonts: tuple[Path, ...] = ()     # files, folders or names of the soundfont bank
+    holdout_timbres: bool = False
+    timeout: float = 300.0
+    curve_keys: Path | None = None
     stems_map: Path | None = None
     exclude_other: bool = False
     bss: bool = True
@@ -247,12 +253,21 @@ class EvalConfig:
             raise ValueError("give at least one --checkpoint")
         if self.unit not in UNITS:
             raise ValueError(f"--unit must be one of {UNITS}, got {self.unit!r}")
-        if (self.corpus is None) == (self.stems_dir is None):
-            raise ValueError("give exactly one of --corpus (rendered excerpts) and --stems-dir (real multitracks)")
-        if self.unit == "chunk" and (self.stems_dir is not None or len(self.checkpoints) > 1
+        if sum(x is not None for x in (self.corpus, self.stems_dir, self.connect)) != 1:
+            raise ValueError("give exactly one of --corpus (rendered excerpts), --stems-dir (real multitracks) "
+                             "and --connect (a server's fixed sets)")
+        if self.unit == "chunk" and (self.corpus is None or len(self.checkpoints) > 1
                                      or self.holdout_soundfonts or self.report_dir is not None):
-            raise ValueError("--unit chunk scores one checkpoint on a --corpus (no --stems-dir, "
+            raise ValueError("--unit chunk scores one checkpoint on a --corpus (no --stems-dir, --connect, "
                              "--holdout-soundfont or report)")
+        if self.connect is None and self.holdout_timbres:
+            raise ValueError("--holdout-timbres asks a server (--connect) for its held-out timbres; "
+                             "with --corpus use --holdout-soundfont")
+        if self.connect is not None and (self.soundfont is not None or self.holdout_soundfonts):
+            raise ValueError("with --connect the server's soundfonts are used (no --soundfont / "
+                             "--holdout-soundfont; --holdout-timbres asks for its held-out ones)")
+        if not self.timeout > 0:
+            raise ValueError(f"--timeout must be > 0 s, got {self.timeout}")
         if self.n is None and self.stems_dir is None:
             object.__setattr__(self, "n", DEFAULT_N[self.unit])
         if (self.n is not None and self.n < 1) or self.batch_size < 1 or self.window < 1 or not self.seconds > 0:

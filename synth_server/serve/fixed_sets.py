@@ -5,6 +5,7 @@ key being rendered the peer joins the waiting list; otherwise the render is subm
 single spawned process (``synth.fixed_excerpts.render_fixed_set``; FluidSynth stays out of the
 broker process and the stream's workers keep streaming). The broker loop calls ``poll`` every
 tick to send finished sets. At most ``MAX_CACHED`` sets are kept (least recently used dropped).
+A held-out-timbre request to a server without held-out soundfonts is refused at once.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from collections import Counter, OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable
 
-from synth_server.config import ChunkSourceConfig
+from synth_server.config import ChunkSourceConfig, heldout_timbres
 from synth_server.fixed_set import FixedSetKey, encode_fixed_set
-from synth_server.protocol import encode
+from synth_server.protocol import ProtocolError, encode
+from synth_server.serve.config import source_to_json
 from synth_server.synth.fixed_excerpts import render_fixed_set
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,11 @@ class FixedSets:
         """Handle one request (ProtocolError for a malformed or oversized one)."""
         key = FixedSetKey.from_header(header)
         key.check_size(len(self.stem_names), self.source.audio.sample_rate)
+        if key.timbres == "holdout":
+            try:
+                heldout_timbres(self.source, key.split)
+            except ValueError as exc:
+                raise ProtocolError(f"fixed set with held-out timbres: {exc}") from None
         self.counts["requests"] += 1
         if key in self.cache:
             self.cache.move_to_end(key)
@@ -59,12 +66,12 @@ class FixedSets:
             try:
                 stems, excerpts, digest = future.result()
                 frames = encode_fixed_set(key, stems, excerpts, self.stem_names,
-                                          self.source.audio.sample_rate, digest)
+                                          self.source.audio.sample_rate, digest, source_to_json(self.source))
             except Exception as exc:  # noqa: BLE001 - a failed render is reported, never fatal
                 self.counts["failed"] += 1
                 log.warning("fixed set %s failed: %s", key, exc)
                 frames = encode({"type": "error", "code": "fixed_set_failed",
-                                 "message": f"fixed set {key.split}/{key.n}x{key.seconds:g}s: {exc}"[:500]})
+                                 "message": f"fixed set {key.split}/{key.n}x{key.seconds:g}s/{key.timbres}: {exc}"[:500]})
                 self._broken_pool()
             else:
                 self.counts["rendered"] += 1

@@ -147,6 +147,21 @@ def soundfonts_for(explicit: Path | None, augment: bool) -> list[Path]:
     return resolve_bank(explicit) if augment else resolve_soundfonts(explicit)
 
 
+def find_soundfonts(spec: str | Path, project_dir: Path = PROJECT_SOUNDFONTS) -> list[Path]:
+    """One ``--holdout-soundfont`` value -> files: a soundfont file, every .sf2/.sf3 of a folder,
+    or the bank's soundfonts (``resolve_bank(None)``) of that name (file name or stem, as
+    ``serve --holdout-soundfont`` takes it). SoundfontError when it is none of these."""
+    path = Path(spec)
+    if path.is_file() or path.is_dir():
+        return resolve_bank(path, project_dir)
+    bank = resolve_bank(None, project_dir)
+    found = [p for p in bank if named(p, [str(spec)])]
+    if not found:
+        raise SoundfontError(f"--holdout-soundfont {spec}: no such file or folder, and no soundfont of the bank "
+                             f"has that name ({', '.join(soundfont_name(p) for p in bank)})")
+    return found
+
+
 def check_holdout(paths: list[Path], names) -> None:
     """Every held-out name must be in the bank (a typo would hold nothing out); and something
     must be left for training. Raises SoundfontError."""

@@ -59,3 +59,21 @@ def test_bad_replies_are_refused(change, message):
     header, payload = change(header, payload)
     with pytest.raises(ProtocolError, match=message):
         decode_fixed_set(header, payload, key)
+
+
+def test_key_versions_old_keys_keep_working_and_bad_ones_are_refused():
+    old = {"split": "valid", "n": 2, "seconds": 1.0, "seed": 3}                 # a version-1 client's request
+    assert FixedSetKey.from_header(old) == FixedSetKey("valid", 2, 1.0, 3, "default")
+    held = FixedSetKey("test", 2, 1.0, 3, "holdout")
+    assert FixedSetKey.from_header(held.to_header()) == held and held.to_header()["key_version"] == 2
+    for bad, match in (({**old, "timbres": "holdout"}, "version 1 has no"), ({**old, "key_version": 3}, "key_version"),
+                       ({**old, "key_version": 2, "timbres": "other"}, "timbres"),
+                       ({**old, "key_version": 2}, "timbres")):
+        with pytest.raises(ProtocolError, match=match):
+            FixedSetKey.from_header(bad)
+    # a server that predates timbres answers a held-out request with its default set: refused by name
+    _, (header, payload) = reply(FixedSetKey("test", 2, 1.0, 3))
+    old_reply = {k: v for k, v in header.items() if k not in ("key_version", "timbres")}
+    with pytest.raises(ProtocolError, match="predates held-out-timbre"):
+        decode_fixed_set(old_reply, payload, held)
+    assert decode_fixed_set(old_reply, payload, FixedSetKey("test", 2, 1.0, 3)).server == {}

@@ -3,10 +3,11 @@
 The plan (``plan_excerpts``) is deterministic from the seed: eligible songs of one split in
 sorted path order, each tiled into non-overlapping slots of ``seconds`` from a random phase,
 slots shuffled per song, then taken round-robin over the songs so N excerpts span as many songs
-as possible. ``render_excerpts`` renders a plan with one set of soundfonts; rendering the same
-plan with held-out soundfonts gives paired in-distribution / held-out-timbre excerpts (same
-notes, other timbres). Excerpts whose mixture is silent are dropped when the plan is first
-rendered (``keep_silent=False``) and counted.
+as possible. ``render_excerpts`` renders a plan, each song in its own soundfont; rendering the
+same plan again voiced by held-out soundfonts gives paired in-distribution / held-out-timbre
+excerpts (same notes, other timbres), the way a server voices its held-out fixed sets
+(``synth_server.synth.fixed_excerpts.render_voiced``). Excerpts whose mixture is silent are
+dropped when the plan is first rendered (``keep_silent=False``) and counted.
 """
 from __future__ import annotations
 
@@ -17,40 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from synth_server.config import SPLITS, AudioConfig, CorpusConfig, FilterConfig, InstrumentClass, RenderConfig
+from synth_server.augment_config import AugmentConfig, SoundfontKnob
+from synth_server.config import (SPLITS, AudioConfig, ChunkSourceConfig, CorpusConfig, FilterConfig, InstrumentClass,
+                                 RenderConfig, heldout_timbres)
 from synth_server.synth.corpus import SongInfo, build_index
+from synth_server.synth.fixed_excerpts import render_voiced
 from synth_server.synth.midi_io import MidiError, load_midi
 from synth_server.synth.pipeline import TAIL
 from synth_server.synth.render import Renderer, RenderError
-from synth_server.synth.soundfont import resolve_soundfonts
+from synth_server.synth.soundfont import resolve_soundfonts, soundfont_name
 
+from .material import Excerpt, excerpt_id, voiced_by
 from .scores import rms_dbfs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Excerpt:
-    """One scored excerpt. ``stems`` (stems, time) float32 references in class order; ``mixture``
-    (time,) float32: their sum for rendered excerpts, the song's mix for real multitracks (it may
-    hold sources outside the classes). ``start`` in samples of the song."""
-
-    id: str
-    song: str
-    path: str
-    start: int
-    sample_rate: int
-    stems: np.ndarray
-    mixture: np.ndarray
-    soundfont: str | None = None
-
-    def describe(self, stem_names: list[str]) -> dict:
-        """JSON-ready description (no audio)."""
-        return {"id": self.id, "song": self.song, "path": self.path,
-                "start_s": round(self.start / self.sample_rate, 3),
-                "seconds": round(self.stems.shape[-1] / self.sample_rate, 3), "soundfont": self.soundfont,
-                "rms_dbfs": {n: round(float(v), 2) for n, v in zip(stem_names, rms_dbfs(self.stems))},
-                "mixture_rms_dbfs": round(float(rms_dbfs(self.mixture)), 2)}
 
 
 @dataclass(frozen=True)
@@ -98,15 +79,16 @@ def plan_excerpts(songs: list[SongInfo], seconds: float, sample_rate: int,
     return [slots[k] for k in range(rounds) for slots in per_song if k < len(slots)], short
 
 
-def render_excerpts(slots: list[Slot], n: int, corpus: CorpusConfig, audio: AudioConfig, render: RenderConfig,
-                    counters: Counter, keep_silent: bool = True,
-                    silence_db: float = FilterConfig().silence_db) -> list[Excerpt]:
-    """Render up to ``n`` of ``slots`` with ``render.soundfont`` (a file or a folder: one per song).
+def render_excerpts(slots: list[Slot], n: int, corpus: CorpusConfig, audio: AudioConfig, soundfonts: list[Path],
+                    counters: Counter, voiced: ChunkSourceConfig | None = None, seed: int = 0,
+                    keep_silent: bool = True, silence_db: float = FilterConfig().silence_db) -> list[Excerpt]:
+    """Render up to ``n`` of ``slots``: each song in its own of ``soundfonts``, or voiced by
+    ``voiced``'s soundfont draw (``render_voiced``, seeded per excerpt from ``seed``).
 
     Songs that fail to load or render are skipped (``songs_failed``); with ``keep_silent=False``
     excerpts whose mixture is below ``silence_db`` dBFS are skipped (``excerpts_silent``).
     """
-    renderer = Renderer(render, audio, corpus.classes, resolve_soundfonts(render.soundfont))
+    renderer = Renderer(RenderConfig(), audio, corpus.classes, soundfonts)
     failed: set[str] = set()
     out: list[Excerpt] = []
     midi_cache: tuple[str, object] | None = None
@@ -119,8 +101,8 @@ def render_excerpts(slots: list[Slot], n: int, corpus: CorpusConfig, audio: Audi
         try:
             if midi_cache is None or midi_cache[0] != song.path:
                 midi_cache = (song.path, load_midi(Path(corpus.root) / song.path, corpus.max_file_bytes))
-            sf_index = renderer.soundfont_for(song.song_id)
-            stems = renderer.render(midi_cache[1], slot.start, slot.length, sf_index)
+            stems, names = render_voiced(renderer, voiced, midi_cache[1], song.song_id, slot.start, slot.length,
+                                         (seed, len(out)))
         except (MidiError, RenderError) as exc:
             failed.add(song.path)
             counters["songs_failed"] += 1
@@ -130,18 +112,19 @@ def render_excerpts(slots: list[Slot], n: int, corpus: CorpusConfig, audio: Audi
         if not keep_silent and rms_dbfs(mixture) < silence_db:
             counters["excerpts_silent"] += 1
             continue
-        out.append(Excerpt(id=f"{song.song_id}@{slot.start / audio.sample_rate:.2f}", song=song.song_id,
+        out.append(Excerpt(id=excerpt_id(song.song_id, slot.start, audio.sample_rate), song=song.song_id,
                            path=song.path, start=slot.start, sample_rate=audio.sample_rate, stems=stems,
-                           mixture=mixture, soundfont=renderer.soundfonts[sf_index].name))
+                           mixture=mixture, soundfont=voiced_by(names)))
     return out
 
 
 def corpus_excerpts(root: Path, classes: tuple[InstrumentClass, ...], split: str, n: int, seconds: float,
-                    seed: int, sample_rate: int, soundfonts: list[Path | None],
+                    seed: int, sample_rate: int, soundfont: Path | None, holdout: list[Path],
                     counters: Counter) -> list[list[Excerpt]]:
-    """The same ``n`` excerpts rendered once per entry of ``soundfonts`` (None: the default
-    resolution) -> one list per entry. The first entry picks the excerpts (silent ones dropped);
-    the others render exactly those."""
+    """``n`` excerpts, each song in its own of ``soundfont`` (a file or folder; None: the default
+    resolution), silent ones dropped -> ``[excerpts]``; with ``holdout`` soundfont files also the
+    same excerpts voiced by them (``config.heldout_timbres``; stems none of them can play keep
+    the in-distribution soundfonts) -> ``[excerpts, held-out excerpts]``."""
     corpus = CorpusConfig(root=Path(root), classes=classes)
     songs = eligible_songs(corpus, split)
     slots, short = plan_excerpts(songs, seconds, sample_rate, np.random.default_rng(seed))
@@ -149,15 +132,19 @@ def corpus_excerpts(root: Path, classes: tuple[InstrumentClass, ...], split: str
     if not slots:
         raise ValueError(f"no song of split {split!r} in {root} is {seconds:g} s long; use a smaller --seconds")
     audio = AudioConfig(sample_rate=sample_rate)
-    first = render_excerpts(slots, n, corpus, audio, RenderConfig(soundfont=soundfonts[0]), counters,
-                            keep_silent=False)
+    indist = resolve_soundfonts(soundfont)
+    first = render_excerpts(slots, n, corpus, audio, indist, counters, keep_silent=False)
     if not first:
         raise ValueError(f"split {split!r} of {root}: no excerpt could be rendered (counters {dict(counters)})")
+    if not holdout:
+        return [first]
     chosen = [Slot(next(s.song for s in slots if s.song.song_id == e.song), e.start, len(e.mixture))
               for e in first]
-    sets = [first]
-    for soundfont in soundfonts[1:]:
-        sets.append(render_excerpts(chosen, n, corpus, audio, RenderConfig(soundfont=soundfont), counters))
-        if len(sets[-1]) != len(first):
-            raise ValueError(f"soundfont {soundfont}: rendered {len(sets[-1])} of the {len(first)} excerpts")
-    return sets
+    knob = SoundfontKnob(holdout=tuple(soundfont_name(p) for p in holdout))
+    # "test" only picks the draw's pool (the held-out soundfonts); the excerpts stay those of ``split``
+    voiced = heldout_timbres(ChunkSourceConfig(corpus=corpus, audio=audio, augment=AugmentConfig(soundfont=knob)), "test")
+    bank = list(dict.fromkeys([*indist, *holdout]))
+    held = render_excerpts(chosen, n, corpus, audio, bank, counters, voiced, seed)
+    if len(held) != len(first):
+        raise ValueError(f"held-out soundfonts: rendered {len(held)} of the {len(first)} excerpts")
+    return [first, held]

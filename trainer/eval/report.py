@@ -19,8 +19,8 @@ import soundfile as sf
 
 from synth_server.tools.spectrogram import save_picture, shared_range
 
-from .excerpts import Excerpt
 from .figures import LABELS, systems_of, write_bar_chart
+from .material import Excerpt
 from .scores import METRICS
 from .song import write_json
 

@@ -7,9 +7,10 @@ from ..config import EvalConfig
 from .song import format_table, run_song_eval, write_json
 
 
-def run_eval(cfg: EvalConfig) -> tuple[dict, str]:
+def run_eval(cfg: EvalConfig, curve=None) -> tuple[dict, str]:
     """Score ``cfg.checkpoints`` -> (result dict, text table); writes what ``cfg`` asks for
-    (``json_out``, ``table_out``, ``plot_out``, ``report_dir``)."""
+    (``json_out``, ``table_out``, ``plot_out``, ``report_dir``). ``curve``: CURVE keys for
+    ``cfg.connect``."""
     if cfg.unit == "chunk":
         from .chunks import format_table as chunk_table, run_eval as run_chunk_eval
 
@@ -17,7 +18,7 @@ def run_eval(cfg: EvalConfig) -> tuple[dict, str]:
         table = chunk_table(result)
     else:
         writer = None if cfg.report_dir is None else _writer(cfg)
-        result = run_song_eval(cfg, on_excerpt=None if writer is None else writer.add)
+        result = run_song_eval(cfg, on_excerpt=None if writer is None else writer.add, curve=curve)
         table = format_table(result)
         if cfg.json_out is not None:
             write_json(cfg.json_out, result)

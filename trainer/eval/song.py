@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sized
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -26,8 +26,7 @@ from ..checkpoint import LoadedCheckpoint, load_separator
 from ..config import EvalConfig, resolve_device
 from ..logging_utils import git_commit
 from ..separate import separate_waveform, stem_names
-from .chunks import classes_for
-from .excerpts import Excerpt, corpus_excerpts
+from .material import Excerpt, conditions_of
 from .scores import BSS_FRAME_S, METRICS, SILENT_DBFS, museval_version, oracle_estimates, score_estimates, summarise
 
 log = logging.getLogger(__name__)
@@ -131,31 +130,9 @@ def timbre_gap(reference: dict, other: dict, systems: list[str]) -> dict:
     return out
 
 
-def conditions_of(cfg: EvalConfig, stems: list[str], sample_rate: int, counters: Counter) -> list[tuple[str, Sized]]:
-    """The material: ``[(condition name, excerpts)]`` from the corpus or the stems folder."""
-    if cfg.stems_dir is not None:
-        from .stems_dir import StemsDir
-
-        return [("stems-dir", StemsDir(cfg.stems_dir, classes_for(stems), sample_rate, cfg.stems_map,
-                                       cfg.exclude_other, counters, cfg.n))]
-    soundfonts = [cfg.soundfont] + ([cfg.holdout_soundfonts[0] if len(cfg.holdout_soundfonts) == 1
-                                     else _folder_of(cfg.holdout_soundfonts)] if cfg.holdout_soundfonts else [])
-    sets = corpus_excerpts(cfg.corpus, classes_for(stems), cfg.split, cfg.n, cfg.seconds, cfg.seed,
-                           sample_rate, soundfonts, counters)
-    return list(zip(("in-distribution", "held-out timbre"), sets))
-
-
-def _folder_of(paths: tuple[Path, ...]) -> Path:
-    """Several held-out soundfont files must share a folder that holds exactly them (the renderer
-    picks one per song from a folder)."""
-    folders = {Path(p).parent for p in paths}
-    if len(folders) == 1 and {Path(p).name for p in paths} == {p.name for p in folders.pop().glob("*.sf2")}:
-        return Path(paths[0]).parent
-    raise ValueError("several --holdout-soundfont files: put them in one folder and pass the folder")
-
-
-def run_song_eval(cfg: EvalConfig, on_excerpt: OnExcerpt | None = None) -> dict:
-    """Score ``cfg.checkpoints`` on the configured material -> the result dict (docs/evaluation.md)."""
+def run_song_eval(cfg: EvalConfig, on_excerpt: OnExcerpt | None = None, curve=None) -> dict:
+    """Score ``cfg.checkpoints`` on the configured material -> the result dict (docs/evaluation.md);
+    ``curve``: CURVE keys for ``cfg.connect``."""
     if cfg.bss:
         from .scores import museval_metrics
 
@@ -166,7 +143,7 @@ def run_song_eval(cfg: EvalConfig, on_excerpt: OnExcerpt | None = None) -> dict:
     sample_rate = models[0].ckpt.spec.sample_rate
     counters: Counter = Counter()
     t0 = time.perf_counter()
-    material = conditions_of(cfg, stems, sample_rate, counters)
+    material, provenance = conditions_of(cfg, stems, sample_rate, counters, curve)
     conditions = [score_condition(name, excerpts, models, stems, cfg, device, on_excerpt)
                   for name, excerpts in material]
     if len(conditions) == 2:
@@ -180,7 +157,8 @@ def run_song_eval(cfg: EvalConfig, on_excerpt: OnExcerpt | None = None) -> dict:
                    "stems_dir": None if cfg.stems_dir is None else str(cfg.stems_dir),
                    "split": cfg.split, "seed": cfg.seed, "n": cfg.n, "seconds": cfg.seconds,
                    "soundfont": None if cfg.soundfont is None else str(cfg.soundfont),
-                   "holdout_soundfonts": [str(p) for p in cfg.holdout_soundfonts]},
+                   "holdout_soundfonts": [str(p) for p in cfg.holdout_soundfonts],
+                   "connect": cfg.connect, **provenance},
         "sample_rate": sample_rate, "stems": stems, "window": cfg.window,
         "silent_threshold_dbfs": SILENT_DBFS,
         "bss": ({"implementation": f"museval {museval_version()} metrics.bss_eval (v4, images)",
@@ -205,7 +183,8 @@ def format_table(result: dict) -> str:
     width = max(12, *(len(s) for s in systems)) + 2
     src = result["source"]
     what = (f"songs of {src['stems_dir']}" if src["stems_dir"] else
-            f"{src['n']} x {src['seconds']:g} s excerpts, split {src['split']!r}, seed {src['seed']}")
+            f"{src['n']} x {src['seconds']:g} s excerpts, split {src['split']!r}, seed {src['seed']}"
+            + (f", fixed sets of {src['connect']}" if src.get("connect") else ""))
     lines = [f"median over excerpts (dB) of {what}; BSS-eval: "
              f"{'museval v4, 1 s frames' if result['bss'] else 'off'}"]
     for cond in result["conditions"]:

@@ -35,7 +35,7 @@ import numpy as np
 from synth_server.config import InstrumentClass, class_of
 
 from ..separate import read_mono, resample
-from .excerpts import Excerpt
+from .material import Excerpt
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ def test_two_models_side_by_side_with_baselines_and_timbre_gap(busy_corpus, tiny
     indist, held = result["conditions"]
     assert (indist["name"], held["name"]) == ("in-distribution", "held-out timbre")
     assert [e["id"] for e in indist["excerpts"]] == [e["id"] for e in held["excerpts"]]
-    assert {e["soundfont"] for e in held["excerpts"]} == {"TimGM6mb.sf2"}
+    assert {e["soundfont"] for e in held["excerpts"]} == {"TimGM6mb"}
     for cond in (indist, held):
         for stem in STEMS:
             mix, oracle = cond["summary"]["mixture"][stem], cond["summary"]["oracle"][stem]
