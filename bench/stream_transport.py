@@ -3,10 +3,13 @@ against a bare ZeroMQ PUSH/PULL of the same bytes, measured alternately in one r
 
 The stream sender runs in a subprocess (a ROUTER socket speaking the stream protocol, drawing
 batches from a full pool whose reuse limit is never reached); the StreamClient consumes in this
-process. The bare sender pushes one preallocated batch-sized buffer again and again (copy=False:
-no gather, no header, no validation); a PULL socket here counts the bytes. Prints, per round and
-as the median, bytes/s of both and their ratio (goal >= 0.8), chunks/s, client decode time per
-batch, consumer wait share and the sender's draw+encode time per batch.
+process. The bare sender pushes batch-sized frames (copy=False: no gather, no header, no
+validation); a PULL socket here counts the bytes. Two bare baselines: "hot" re-sends one buffer
+(it stays in the CPU cache; the issue's baseline, the goal is stream >= 0.8 of it) and "cold"
+sends consecutive slices of a buffer as large as the sender's pool (memory read from DRAM, as a
+server must read its pool). Prints, per round and as the median, bytes/s of all three and the
+ratios, then the CPU milliseconds per batch of every thread of both ends (Linux /proc) and the
+sender's stages (pool draw, encode, send call) and the client's decode, per batch.
 
     .venv/bin/python bench/stream_transport.py --seconds 5 --rounds 3 --dtype float16
 """
@@ -14,11 +17,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
+import threading
 import time
 import timeit
+from pathlib import Path
 
 import numpy as np
 import zmq
+from zmq.utils.garbage import gc as zmq_gc
 
 from synth_server.client import StreamClient
 from trainer.data import stems_to_torch
@@ -41,6 +48,33 @@ def filled_pool(spec: BatchSpec, capacity: int, seed: int) -> ReusePool:
     return pool
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of this process's threads by name (Linux /proc; {} elsewhere):
+    Python threads by their name, pyzmq's garbage collector "pyzmq-gc", ZeroMQ's by their comm."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    if getattr(zmq_gc, "thread", None) is not None:
+        names[zmq_gc.thread.native_id] = "pyzmq-gc"
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:
+            continue       # the thread ended meanwhile
+        comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        name = names.get(int(tid), comm)
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def cpu_ms_per(before: dict[str, float], n: int) -> dict[str, float]:
+    """CPU milliseconds per item of each thread since ``before`` (a ``thread_cpu()``)."""
+    return {k: (v - before.get(k, 0.0)) / max(n, 1) * 1e3 for k, v in thread_cpu().items() if v > before.get(k, 0.0)}
+
+
 def serve(spec: BatchSpec, capacity: int, ports: mp.Queue, stop: mp.Event) -> None:
     """Sender process: answer hello with welcome, send pool batches against client credit."""
     pool = filled_pool(spec, capacity, seed=0)
@@ -49,8 +83,8 @@ def serve(spec: BatchSpec, capacity: int, ports: mp.Queue, stop: mp.Event) -> No
     sock.setsockopt(zmq.LINGER, 0)
     ports.put(sock.bind_to_random_port("tcp://127.0.0.1"))
     credit: dict[bytes, list] = {}
-    busy = sent = 0.0
-    cpu_start = time.process_time()
+    stages = dict.fromkeys(("draw", "encode", "send"), 0.0)
+    sent, threads = 0, {}
     while not stop.is_set():
         if sock.poll(20 if not any(c[0] for c in credit.values()) else 0):
             ident, *frames = sock.recv_multipart()
@@ -63,45 +97,51 @@ def serve(spec: BatchSpec, capacity: int, ports: mp.Queue, stop: mp.Event) -> No
                 credit[ident][1] = header["batch_size"]
         for ident, entry in credit.items():
             if entry[0] > 0:
-                start = time.perf_counter()
+                if not sent:
+                    threads = thread_cpu()      # the pool is filled: count from the first batch on
+                t0 = time.perf_counter()
                 stems, chunks = pool.draw(entry[1], entry[2])
+                t1 = time.perf_counter()
                 frames = encode_batch("batch", spec, stems, chunks)
-                busy += time.perf_counter() - start
+                t2 = time.perf_counter()
                 sock.send_multipart([ident, *frames], copy=False)
+                for key, dt in zip(stages, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
+                    stages[key] += dt
                 entry[0] -= 1
                 sent += 1
-    ports.put((busy / max(sent, 1), (time.process_time() - cpu_start) / max(sent, 1)))
+    ports.put({"threads": cpu_ms_per(threads, sent), **{k: v / max(sent, 1) * 1e3 for k, v in stages.items()}})
     sock.close()
     ctx.term()
 
 
-def bare_sender(nbytes: int, ports: mp.Queue, stop: mp.Event) -> None:
-    """PUSH one preallocated ``nbytes`` frame again and again until ``stop``; then puts its
-    process CPU seconds per message sent."""
-    buf = np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8)
+def bare_sender(nbytes: int, source_bytes: int, ports: mp.Queue, stop: mp.Event) -> None:
+    """PUSH ``nbytes`` frames until ``stop``: consecutive slices of one ``source_bytes`` buffer
+    (= ``nbytes``: the same buffer again and again); then puts CPU ms per message by thread."""
+    source = np.random.default_rng(0).integers(0, 255, max(source_bytes, nbytes), dtype=np.uint8)
+    slices = [source[i:i + nbytes] for i in range(0, source.size - nbytes + 1, nbytes)]
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDTIMEO, 100)
     ports.put(sock.bind_to_random_port("tcp://127.0.0.1"))
-    sent, cpu = 0, time.process_time()
+    sent, threads = 0, thread_cpu()
     while not stop.is_set():
         try:
-            sock.send(buf, copy=False)
+            sock.send(slices[sent % len(slices)], copy=False)
             sent += 1
         except zmq.Again:
             pass
-    ports.put((time.process_time() - cpu) / max(sent, 1))
+    ports.put(cpu_ms_per(threads, sent))
     sock.close()
     ctx.term()
 
 
-def bare_rate(nbytes: int, seconds: float) -> dict:
+def bare_rate(nbytes: int, source_bytes: int, seconds: float) -> dict:
     """Bytes/s a bare PULL socket receives from ``bare_sender`` over TCP loopback, and the CPU
-    milliseconds per message of both sides (the sender's counts its whole run, warm-up included)."""
+    milliseconds per message of each thread of both sides (the sender's counts its warm-up too)."""
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
-    sender = ctx.Process(target=bare_sender, args=(nbytes, ports, stop), daemon=True)
+    sender = ctx.Process(target=bare_sender, args=(nbytes, source_bytes, ports, stop), daemon=True)
     sender.start()
     zctx = zmq.Context()
     sock = zctx.socket(zmq.PULL)
@@ -111,16 +151,15 @@ def bare_rate(nbytes: int, seconds: float) -> dict:
         warm = time.perf_counter()
         while time.perf_counter() - warm < 1.0:
             sock.recv(copy=False)
-        got, start, cpu = 0, time.perf_counter(), time.process_time()
+        got, start, threads = 0, time.perf_counter(), thread_cpu()
         while time.perf_counter() - start < seconds:
             got += len(sock.recv(copy=False))
-        out = {"bytes_s": got / (time.perf_counter() - start),
-               "recv_cpu_ms": (time.process_time() - cpu) / (got / nbytes) * 1e3}
+        out = {"bytes_s": got / (time.perf_counter() - start), "recv": cpu_ms_per(threads, got // nbytes)}
     finally:
         stop.set()
         sock.close()
         zctx.term()
-    out["send_cpu_ms"] = ports.get(timeout=30) * 1e3
+    out["send"] = ports.get(timeout=30)
     sender.join(10)
     return out
 
@@ -161,16 +200,16 @@ def stream_round(spec: BatchSpec, args: argparse.Namespace) -> dict:
     with StreamClient(f"tcp://127.0.0.1:{port}", args.batch_size, args.prefetch, timeout=30.0) as client:
         consume(client, 1.0, args.to_torch)                     # warm-up
         base_batches, base_decode, base_wait = client.batches, client.decode_seconds, client.wait_seconds
-        cpu_start = time.process_time()
+        threads = thread_cpu()
         chunks, elapsed = consume(client, args.seconds, args.to_torch)
-        client_cpu = time.process_time() - cpu_start
         batches = client.batches - base_batches
         out = {"chunks_s": chunks / elapsed, "bytes_s": chunks * spec_chunk_bytes(spec) / elapsed,
-               "decode_ms": (client.decode_seconds - base_decode) / batches * 1e3,
+               "decode": (client.decode_seconds - base_decode) / batches * 1e3,
                "wait": (client.wait_seconds - base_wait) / elapsed, "batches": batches,
-               "malformed": client.malformed, "client_cpu_ms": client_cpu / batches * 1e3}
+               "malformed": client.malformed, "recv": cpu_ms_per(threads, batches)}
     stop.set()
-    out["sender_ms"], out["sender_cpu_ms"] = (1e3 * v for v in ports.get(timeout=30))
+    out["stages"] = ports.get(timeout=30)
+    out["send"] = out["stages"].pop("threads")
     sender.join(10)
     return out
 
@@ -190,33 +229,40 @@ def main() -> None:
     parser.add_argument("--to-torch", action="store_true", help="also cast each batch with to_torch")
     args = parser.parse_args()
     spec = BatchSpec(44100, 4410, 4096, STEMS, args.dtype)
-    nbytes = args.batch_size * spec_chunk_bytes(spec)
+    nbytes, pool_bytes = args.batch_size * spec_chunk_bytes(spec), args.capacity * spec_chunk_bytes(spec)
     print(f"dtype {args.dtype}, batch {args.batch_size} ({nbytes / 1e6:.2f} MB), prefetch {args.prefetch}, "
-          f"window {spec.window}, to_torch {args.to_torch}, {args.rounds} rounds of {args.seconds:g} s")
-    print("CPU ms are per batch-sized message, each process's threads together (ZeroMQ's I/O thread included)")
-    print(f"{'round':>5} {'bare GB/s':>10} {'stream GB/s':>12} {'ratio':>6} {'chunks/s':>9} {'decode ms':>10} "
-          f"{'wait':>6} {'draw+encode ms':>15} {'CPU ms send/recv: bare':>23} {'stream':>13}")
-    bare, rows = [], []
+          f"window {spec.window}, pool {pool_bytes / 1e6:.0f} MB, to_torch {args.to_torch}, "
+          f"{args.rounds} rounds of {args.seconds:g} s, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'round':>5} {'bare hot GB/s':>14} {'bare cold GB/s':>15} {'stream GB/s':>12} "
+          f"{'stream/hot':>11} {'stream/cold':>12} {'chunks/s':>9} {'wait':>6}")
+    rows: dict[str, list] = {"hot": [], "cold": [], "stream": []}
     for r in range(args.rounds):
-        bare.append(bare_rate(nbytes, args.seconds))
-        rows.append(stream_round(spec, args))
-        row, b = rows[-1], bare[-1]
-        print(f"{r + 1:5d} {b['bytes_s'] / 1e9:10.2f} {row['bytes_s'] / 1e9:12.2f} {row['bytes_s'] / b['bytes_s']:6.2f} "
-              f"{row['chunks_s']:9.0f} {row['decode_ms']:10.3f} {row['wait']:6.1%} {row['sender_ms']:15.3f} "
-              f"{b['send_cpu_ms']:11.2f} / {b['recv_cpu_ms']:<9.2f} {row['sender_cpu_ms']:5.2f} / {row['client_cpu_ms']:<5.2f}",
+        rows["hot"].append(bare_rate(nbytes, nbytes, args.seconds))
+        rows["cold"].append(bare_rate(nbytes, pool_bytes, args.seconds))
+        rows["stream"].append(stream_round(spec, args))
+        hot, cold, row = (rows[k][-1]["bytes_s"] for k in rows)
+        print(f"{r + 1:5d} {hot / 1e9:14.2f} {cold / 1e9:15.2f} {row / 1e9:12.2f} {row / hot:11.2f} "
+              f"{row / cold:12.2f} {rows['stream'][-1]['chunks_s']:9.0f} {rows['stream'][-1]['wait']:6.1%}",
               flush=True)
-    med = {k: float(np.median([row[k] for row in rows])) for k in rows[0]}
-    bmed = {k: float(np.median([b[k] for b in bare])) for k in bare[0]}
-    ratios = [row["bytes_s"] / b["bytes_s"] for row, b in zip(rows, bare)]
-    print(f"median: bare {bmed['bytes_s'] / 1e9:.2f} GB/s, stream {med['bytes_s'] / 1e9:.2f} GB/s "
-          f"({med['chunks_s']:.0f} chunks/s), stream/bare {np.median(ratios):.2f} (goal >= 0.8); "
-          f"malformed {sum(row['malformed'] for row in rows)}")
-    bare_cpu, stream_cpu = bmed["send_cpu_ms"] + bmed["recv_cpu_ms"], med["sender_cpu_ms"] + med["client_cpu_ms"]
-    print(f"CPU per batch, both ends: bare {bare_cpu:.2f} ms, stream {stream_cpu:.2f} ms "
-          f"(bare/stream {bare_cpu / stream_cpu:.2f}: the stream/bare ratio to expect when the cores are the limit)")
-    print(f"decode/batch {med['decode_ms']:.3f} ms wall in the I/O thread; "
-          f"{isolated_decode_ms(spec, args.batch_size):.3f} ms CPU isolated (goal < 0.2 ms)")
-
+    med = {k: float(np.median([row["bytes_s"] for row in v])) for k, v in rows.items()}
+    ratio = {k: float(np.median([s["bytes_s"] / b["bytes_s"] for s, b in zip(rows["stream"], rows[k])]))
+             for k in ("hot", "cold")}
+    streams = rows["stream"]
+    print(f"median: bare hot {med['hot'] / 1e9:.2f} GB/s, bare cold {med['cold'] / 1e9:.2f} GB/s, stream "
+          f"{med['stream'] / 1e9:.2f} GB/s ({np.median([s['chunks_s'] for s in streams]):.0f} chunks/s); "
+          f"stream/bare hot {ratio['hot']:.2f} (goal >= 0.8), stream/bare cold {ratio['cold']:.2f}; "
+          f"malformed {sum(s['malformed'] for s in streams)}")
+    print("CPU ms per batch-sized message by thread (median of rounds; ZeroMQ's I/O threads included):")
+    for path, v in rows.items():
+        for end in ("send", "recv"):
+            names = sorted({name for row in v for name in row[end]})
+            per = {n: float(np.median([row[end].get(n, 0.0) for row in v])) for n in names}
+            shown = ", ".join(f"{n} {ms:.2f}" for n, ms in per.items() if ms >= 0.005)
+            print(f"  {path:>6} {end}: {sum(per.values()):5.2f} = {shown}")
+    stage = {k: float(np.median([s["stages"][k] for s in streams])) for k in ("draw", "encode", "send")}
+    print(f"stream stages, wall ms per batch: pool draw {stage['draw']:.3f}, encode {stage['encode']:.3f}, "
+          f"send call {stage['send']:.3f}; client decode {np.median([s['decode'] for s in streams]):.3f} "
+          f"in the I/O thread, {isolated_decode_ms(spec, args.batch_size):.3f} CPU isolated (goal < 0.2)")
 
 if __name__ == "__main__":
     main()

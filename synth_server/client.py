@@ -1,12 +1,13 @@
 """Trainer-side stream client: an iterator of batches from the broker.
 
 A background thread owns the ZeroMQ DEALER socket (sockets are not thread-safe): it sends
-"hello", waits for "welcome", keeps ``prefetch`` batches requested-or-queued, validates every
-batch against the welcome spec and reconnects with exponential backoff when the broker goes
-silent (or at once when the broker says it does not know us). The consumer only touches a
-queue; its waiting time is measured and reported in every "request" as ``wait_share`` (share of
-the last ~10 s the consumer spent waiting for data). A "request" with credit 0 goes out every
-``KEEPALIVE_S`` seconds, so the broker can tell an idle client from a departed one.
+"hello", waits for "welcome", keeps up to ``prefetch`` batches requested-or-queued (topped up
+once half of them are used up), validates every batch against the welcome spec and reconnects
+with exponential backoff when the broker goes silent (or at once when the broker says it does
+not know us). The consumer only touches a queue; its waiting time is measured and reported in
+every "request" as ``wait_share`` (share of the last ~10 s the consumer spent waiting for data).
+A "request" (credit 0 if nothing is wanted) goes out at least every ``KEEPALIVE_S`` seconds, so
+the broker can tell an idle client from a departed one.
 """
 from __future__ import annotations
 
@@ -229,9 +230,11 @@ class StreamClient:
         return state["alive"], "stop"
 
     def _grant(self, sock: zmq.Socket, state: dict) -> None:
-        """Request what the prefetch allows; with nothing to ask, a keepalive every KEEPALIVE_S."""
+        """Top up to ``prefetch`` once half of it is used up (one request per prefetch/2 batches:
+        fewer messages and longer bursts measured faster than a request per batch, see
+        docs/benchmarks.md); otherwise a keepalive (with what is wanted) every KEEPALIVE_S."""
         want = max(0, self.prefetch - self._queue.qsize() - state["outstanding"])
-        if want == 0 and time.monotonic() - state["sent"] < KEEPALIVE_S:
+        if want < max(1, self.prefetch // 2) and time.monotonic() - state["sent"] < KEEPALIVE_S:
             return
         sock.send_multipart(encode({"type": "request", "credit": want, "batch_size": self.batch_size,
                                     "wait_share": self.wait_share()}), zmq.NOBLOCK)

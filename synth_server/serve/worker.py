@@ -1,14 +1,14 @@
 """A synthesis worker: fetch songs from the broker, render kept chunks, send them within credit.
 
-Protocol (docs/streaming.md): hello -> welcome (source config, seed, songs) -> loop { pick a song
-at random (weighted by duration), song_request -> song_data (MIDI bytes), render/chunk/filter
-with ``pipeline.song_chunks``, send "chunks" messages of at most ``send_batch`` chunks, never
-more than the granted credit }. A second thread (``heartbeat``) sends a heartbeat every ``heartbeat_s`` on
-its own socket (also while rendering or blocked on credit) and ends the process when the main
-thread hangs in one song. Counters in "chunks" and "heartbeat" headers are cumulative since the
-worker's start. "song_request" and "chunks" headers also carry ``songs_done`` (songs whose visit
-ended normally) and ``songs_failed`` (``[song_id, reason]`` of songs this worker gave up on)
-since the previous such message, so the broker can stop handing out songs that keep failing.
+Protocol (docs/streaming.md): hello -> welcome (source config, seed, songs) -> loop { pick a song at random
+(weighted by duration), song_request -> song_data (MIDI bytes), render/chunk/filter with
+``pipeline.song_chunks``, send "chunks" messages of at most ``send_batch`` chunks, never more than the
+granted credit; a repeated welcome voids it }. A second thread (``heartbeat``) sends a heartbeat every
+``heartbeat_s`` on its own socket (also while rendering or blocked on credit) and ends the process when the
+main thread hangs in one song. Counters in "chunks" and "heartbeat" headers are cumulative since the
+worker's start. "song_request" and "chunks" headers also carry ``songs_done`` (songs whose visit ended
+normally) and ``songs_failed`` (``[song_id, reason]`` of songs this worker gave up on) since the previous
+such message, so the broker can stop handing out songs that keep failing.
 """
 from __future__ import annotations
 
@@ -129,9 +129,10 @@ class Worker:
     def _handle(self, header: dict, payload) -> None:
         kind = header["type"]
         if kind == "credit":
-            n = header.get("n")
-            if type(n) is int and 0 <= n <= 1 << 20:
+            if type(n := header.get("n")) is int and 0 <= n <= 1 << 20:
                 self.credit += n
+        elif kind == "welcome":   # the answer to a repeated hello: the broker re-registered us
+            self.credit = 0
         elif kind == "ctl" and header.get("cmd") == "shutdown":
             log.info("broker says shutdown")
             self.stop.set()
@@ -362,11 +363,8 @@ class Worker:
 
 
 def _install_signals(stop: threading.Event) -> None:
-    def handler(signum, frame) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
 
 
 def run_worker(cfg: WorkerConfig) -> int:

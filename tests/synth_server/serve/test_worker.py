@@ -1,8 +1,10 @@
 """A real worker process against a fake broker: credit is obeyed, heartbeats continue while
-blocked, a song that does not parse is requested once and counted, SIGTERM exits cleanly."""
+blocked, a song that does not parse is requested once and counted, SIGTERM exits cleanly; the
+credit of a worker whose hello was answered twice."""
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -11,10 +13,11 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from harness import ROOT
+from harness import ROOT, wait_for
 from synth_server.config import AudioConfig, ChunkSourceConfig, CorpusConfig, RenderConfig
 from synth_server.protocol import BatchSpec, decode, decode_batch, encode
-from synth_server.serve.config import source_to_json
+from synth_server.serve.config import WorkerConfig, source_to_json
+from synth_server.serve.worker import Worker
 
 AUDIO = AudioConfig(target=1024, context=256)
 SPEC = BatchSpec(44100, 1024, 256, ("drums", "piano", "strings", "bass"), "int16")
@@ -126,3 +129,29 @@ def test_augmenting_worker_sends_what_it_drew_and_logs_its_memory(fake_broker, t
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_answers_to_a_repeated_hello_leave_the_worker_the_brokers_credit(fake_broker, zmq_ctx):
+    """A worker whose first hello goes unanswered says hello again; when the broker answers both
+    (it was slow to start: both hellos were queued), each hello re-registers the worker and voids
+    the credit granted before. The worker must end up with the broker's figure (64), not the sum
+    (a Swarm run showed over_credit 128: three hellos queued while the broker came up)."""
+    sock, address = fake_broker
+    worker = Worker(zmq_ctx, WorkerConfig(connect=address, reply_timeout=0.3), threading.Event())
+    welcomed = []
+    handshake = threading.Thread(target=lambda: welcomed.append(worker._handshake()))
+    handshake.start()
+    try:
+        hellos = [recv(sock, 10), recv(sock, 10)]
+        assert all(msg is not None and msg[1]["type"] == "hello" for msg in hellos)
+        ident = hellos[0][0]
+        for _ in hellos:
+            sock.send_multipart([ident, *encode({"type": "welcome", "seed": 1})])
+            sock.send_multipart([ident, *encode({"type": "credit", "n": 64})])
+        sock.send_multipart([ident, *encode({"type": "error", "message": "end of this test's replies"})])
+        handshake.join(10)
+        assert welcomed and welcomed[0]["seed"] == 1
+        assert wait_for(lambda: worker._poll(50) or worker.counters["broker_errors"] == 1)
+        assert worker.credit == 64
+    finally:
+        worker.close()
