@@ -336,13 +336,14 @@ class Broker:
         self.grant_credit()
 
     def _send_batch(self, client: ClientPeer) -> bool:
-        stems, meta = self.pool.draw(client.batch_size, client.id)
-        if not self.send(client.ident, encode_batch("batch", self.spec, stems, meta)):
+        drawn = self.pool.pick(client.batch_size, client.id)
+        if not self.send(client.ident, encode_batch("batch", self.spec, drawn.stems, drawn.meta)):
             return False
+        self.pool.commit(drawn)
         client.credit -= 1
         client.batches += 1
-        client.chunks += len(meta)
-        self.totals["served"] += len(meta)
+        client.chunks += len(drawn.meta)
+        self.totals["served"] += len(drawn.meta)
         self.totals["batches"] += 1
         return True
 

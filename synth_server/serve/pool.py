@@ -8,11 +8,24 @@ vectorised numpy passes over the slot metadata; no Python loop runs over the who
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from synth_server.protocol import STEM_DTYPES
 
 NO_OWNER = -1
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Chunks picked for one batch: ``stems`` (k, stems, window), their ``meta``, pool ``slots``
+    and the client's index ``cid`` (``ReusePool.pick`` / ``commit``)."""
+
+    stems: np.ndarray
+    meta: list[dict]
+    slots: np.ndarray
+    cid: int
 
 
 class ReusePool:
@@ -98,27 +111,39 @@ class ReusePool:
         return k
 
     def draw(self, n: int, client: str) -> tuple[np.ndarray, list[dict]]:
-        """Up to n distinct chunks chosen uniformly among those ``client`` may use.
+        """``pick`` then ``commit``: up to n chunks for ``client``, their use recorded at once."""
+        drawn = self.pick(n, client)
+        self.commit(drawn)
+        return drawn.stems, drawn.meta
 
-        Returns ``(stems (k, stems, window) contiguous copy, [{"song", "offset", "uses"[, "augment"]}])``
-        with k <= n (0 when nothing is available); ``uses`` counts this use (1 = first).
-        Chunks that reach ``reuse`` uses are retired.
+    def pick(self, n: int, client: str) -> Draw:
+        """Up to n distinct chunks chosen uniformly among those ``client`` may use, nothing recorded
+        yet: the broker ``commit``s the draw once the batch is sent, so a batch that could not be
+        sent neither counts a use nor retires fresh chunks.
+
+        ``stems``: ``(k, stems, window)`` contiguous copy, k <= n (0 when nothing is available);
+        ``meta``: ``[{"song", "offset", "uses"[, "augment"]}]``, ``uses`` counting this use (1 = first).
         """
         cid = self._client_index(client)
         usable = np.flatnonzero(self._usable(cid))
         k = min(int(n), usable.size)
         if k <= 0:
-            return np.empty((0, self.stems, self.window), dtype=self._data.dtype), []
+            return Draw(np.empty((0, self.stems, self.window), dtype=self._data.dtype), [], usable[:0], cid)
         slots = self._rng.choice(usable, size=k, replace=False, shuffle=True)
-        batch_index = self._client_batches[cid]
-        self._client_batches[cid] += 1
-        stems = self._data[slots]
-        self._record_use(slots, cid, batch_index)
-        uses = self._uses[slots]
+        uses = self._uses[slots] + 1
         meta = [{"song": song, "offset": int(offset), "uses": int(u), **({"augment": aug} if aug is not None else {})}
                 for song, offset, u, aug in zip(self._song[slots], self._offset[slots], uses, self._augment[slots])]
-        self._retire(slots[uses >= self.reuse])
-        return stems, meta
+        return Draw(self._data[slots], meta, slots, cid)
+
+    def commit(self, drawn: Draw) -> None:
+        """Record the uses of a ``pick`` (no other pool call in between); chunks that reach
+        ``reuse`` uses are retired. A draw of nothing is no batch."""
+        if drawn.slots.size == 0:
+            return
+        batch_index = self._client_batches[drawn.cid]
+        self._client_batches[drawn.cid] += 1
+        self._record_use(drawn.slots, drawn.cid, batch_index)
+        self._retire(drawn.slots[self._uses[drawn.slots] >= self.reuse])
 
     def set_reuse(self, reuse: int) -> int:
         """Change the reuse limit live; chunks already used ``>= reuse`` times are freed.

@@ -54,6 +54,19 @@ def test_draw_returns_matching_copy():
     assert (again >= 0).all() and {m["uses"] for m in meta2} == {2}
 
 
+def test_pick_without_commit_records_nothing():
+    # a batch the broker could not send (client queue full) must not use up fresh chunks
+    pool = make_pool(capacity=4, reuse=1)
+    pool.add(*chunks(0, 4))
+    drawn = pool.pick(4, "a")
+    assert len(drawn.meta) == 4 and {m["uses"] for m in drawn.meta} == {1}
+    assert pool.served == 0 and len(pool) == 4 and pool.available("a") == 4
+    again = pool.pick(4, "a")                      # still all there, still first uses
+    pool.commit(again)
+    assert pool.served == 4 and len(pool) == 0 and pool.retired == 4
+    assert sorted(int(m["song"][1:]) for m in again.meta) == [0, 1, 2, 3]
+
+
 def test_draw_is_shuffled_and_uniform():
     pool = make_pool(capacity=100, reuse=10**6)
     pool.add(*chunks(0, 100))
