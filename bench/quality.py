@@ -50,7 +50,7 @@ from trainer.metrics import irm_oracle, si_sdr  # noqa: E402
 from trainer.train import run_train  # noqa: E402
 from trainer.validate import SILENT_DBFS, excerpt_scores, summarise_scores  # noqa: E402
 
-REAL = ROOT.parent.parent / "shared" / "midi" / "real"
+REAL = ROOT.parent / "shared" / "midi" / "real"   # ../shared next to the checkout
 BASE = {"gain": "none", "balance": False, "loss": "mae", "remix": False, "remix_across": False}
 VARIANTS = {
     "raw": {},
