@@ -11,7 +11,10 @@ server must read its pool). Prints, per round and as the median, bytes/s of all 
 ratios, then the CPU milliseconds per batch of every thread of both ends (Linux /proc) and the
 sender's stages (pool draw, encode, send call) and the client's decode, per batch.
 
-    .venv/bin/python bench/stream_transport.py --seconds 5 --rounds 3 --dtype float16
+    .venv/bin/python bench/stream_transport.py --seconds 5 --rounds 3 --dtype float16 [--heap default]
+
+``--heap`` sets glibc's malloc thresholds in every process of the run, both paths alike:
+``tuned`` (default) as ``synth-server`` and ``trainer`` set them, ``default`` glibc's own.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import zmq
 from zmq.utils.garbage import gc as zmq_gc
 
 from synth_server.client import StreamClient
+from synth_server.heap import keep_batch_buffers
 from trainer.data import stems_to_torch
 from synth_server.serve.pool import ReusePool
 from synth_server.protocol import BatchSpec, decode, decode_batch, encode, encode_batch, to_wire
@@ -75,8 +79,9 @@ def cpu_ms_per(before: dict[str, float], n: int) -> dict[str, float]:
     return {k: (v - before.get(k, 0.0)) / max(n, 1) * 1e3 for k, v in thread_cpu().items() if v > before.get(k, 0.0)}
 
 
-def serve(spec: BatchSpec, capacity: int, ports: mp.Queue, stop: mp.Event) -> None:
+def serve(spec: BatchSpec, capacity: int, ports: mp.Queue, stop: mp.Event, heap: str) -> None:
     """Sender process: answer hello with welcome, send pool batches against client credit."""
+    set_heap(heap)
     pool = filled_pool(spec, capacity, seed=0)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
@@ -114,9 +119,10 @@ def serve(spec: BatchSpec, capacity: int, ports: mp.Queue, stop: mp.Event) -> No
     ctx.term()
 
 
-def bare_sender(nbytes: int, source_bytes: int, ports: mp.Queue, stop: mp.Event) -> None:
+def bare_sender(nbytes: int, source_bytes: int, ports: mp.Queue, stop: mp.Event, heap: str) -> None:
     """PUSH ``nbytes`` frames until ``stop``: consecutive slices of one ``source_bytes`` buffer
     (= ``nbytes``: the same buffer again and again); then puts CPU ms per message by thread."""
+    set_heap(heap)
     source = np.random.default_rng(0).integers(0, 255, max(source_bytes, nbytes), dtype=np.uint8)
     slices = [source[i:i + nbytes] for i in range(0, source.size - nbytes + 1, nbytes)]
     ctx = zmq.Context()
@@ -136,12 +142,18 @@ def bare_sender(nbytes: int, source_bytes: int, ports: mp.Queue, stop: mp.Event)
     ctx.term()
 
 
-def bare_rate(nbytes: int, source_bytes: int, seconds: float) -> dict:
+def set_heap(heap: str) -> None:
+    """``tuned``: glibc thresholds as the CLIs set them (``synth_server.heap``); ``default``: glibc's."""
+    if heap == "tuned" and not keep_batch_buffers():
+        raise SystemExit("--heap tuned needs glibc")
+
+
+def bare_rate(nbytes: int, source_bytes: int, seconds: float, heap: str) -> dict:
     """Bytes/s a bare PULL socket receives from ``bare_sender`` over TCP loopback, and the CPU
     milliseconds per message of each thread of both sides (the sender's counts its warm-up too)."""
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
-    sender = ctx.Process(target=bare_sender, args=(nbytes, source_bytes, ports, stop), daemon=True)
+    sender = ctx.Process(target=bare_sender, args=(nbytes, source_bytes, ports, stop, heap), daemon=True)
     sender.start()
     zctx = zmq.Context()
     sock = zctx.socket(zmq.PULL)
@@ -194,7 +206,7 @@ def stream_round(spec: BatchSpec, args: argparse.Namespace) -> dict:
     """One stream measurement: sender process + StreamClient, ``args.seconds`` after a warm-up."""
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
-    sender = ctx.Process(target=serve, args=(spec, args.capacity, ports, stop), daemon=True)
+    sender = ctx.Process(target=serve, args=(spec, args.capacity, ports, stop, args.heap), daemon=True)
     sender.start()
     port = ports.get(timeout=120)
     with StreamClient(f"tcp://127.0.0.1:{port}", args.batch_size, args.prefetch, timeout=30.0) as client:
@@ -227,18 +239,21 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16", choices=["float16", "int16", "float32"])
     parser.add_argument("--capacity", type=int, default=1024, help="pool chunks in the sender")
     parser.add_argument("--to-torch", action="store_true", help="also cast each batch with to_torch")
+    parser.add_argument("--heap", choices=["tuned", "default"], default="tuned",
+                        help="glibc malloc thresholds of both ends: as the CLIs set them, or glibc's defaults")
     args = parser.parse_args()
+    set_heap(args.heap)
     spec = BatchSpec(44100, 4410, 4096, STEMS, args.dtype)
     nbytes, pool_bytes = args.batch_size * spec_chunk_bytes(spec), args.capacity * spec_chunk_bytes(spec)
     print(f"dtype {args.dtype}, batch {args.batch_size} ({nbytes / 1e6:.2f} MB), prefetch {args.prefetch}, "
           f"window {spec.window}, pool {pool_bytes / 1e6:.0f} MB, to_torch {args.to_torch}, "
-          f"{args.rounds} rounds of {args.seconds:g} s, load average {os.getloadavg()[0]:.1f}")
+          f"heap {args.heap}, {args.rounds} rounds of {args.seconds:g} s, load average {os.getloadavg()[0]:.1f}")
     print(f"{'round':>5} {'bare hot GB/s':>14} {'bare cold GB/s':>15} {'stream GB/s':>12} "
           f"{'stream/hot':>11} {'stream/cold':>12} {'chunks/s':>9} {'wait':>6}")
     rows: dict[str, list] = {"hot": [], "cold": [], "stream": []}
     for r in range(args.rounds):
-        rows["hot"].append(bare_rate(nbytes, nbytes, args.seconds))
-        rows["cold"].append(bare_rate(nbytes, pool_bytes, args.seconds))
+        rows["hot"].append(bare_rate(nbytes, nbytes, args.seconds, args.heap))
+        rows["cold"].append(bare_rate(nbytes, pool_bytes, args.seconds, args.heap))
         rows["stream"].append(stream_round(spec, args))
         hot, cold, row = (rows[k][-1]["bytes_s"] for k in rows)
         print(f"{r + 1:5d} {hot / 1e9:14.2f} {cold / 1e9:15.2f} {row / 1e9:12.2f} {row / hot:11.2f} "

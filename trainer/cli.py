@@ -16,6 +16,8 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+from synth_server.heap import keep_batch_buffers
+
 from .config import AMP_MODES, COMPILE_MODES, DEVICES, UNITS, DistConfig, EvalConfig, SeparateConfig, TrainConfig
 from .gain import GAIN_MODES
 from .losses import LOSSES
@@ -356,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_batch_buffers()          # the stream's batch buffers reuse heap pages (synth_server/heap.py)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)
 

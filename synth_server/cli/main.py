@@ -10,6 +10,7 @@ from pathlib import Path
 
 from synth_server.cli import args as cli_args
 from synth_server.cli.args import UsageError
+from synth_server.heap import keep_batch_buffers
 
 EXIT_USAGE = 2   # as argparse exits for a bad flag
 
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_batch_buffers()          # batch-sized buffers reuse heap pages (synth_server/heap.py)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:

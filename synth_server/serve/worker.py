@@ -26,6 +26,7 @@ import numpy as np
 import zmq
 
 from synth_server.config import MAX_MIDI_BYTES, PARSE_TIMEOUT_S
+from synth_server.heap import keep_batch_buffers
 from synth_server.protocol import BatchSpec, ProtocolError, decode, encode, encode_batch, to_wire
 from synth_server.serve.config import WorkerConfig, parse_worker_welcome
 from synth_server.serve.heartbeat import Heartbeat, worker_dealer
@@ -396,5 +397,6 @@ def run_worker(cfg: WorkerConfig) -> int:
 
 def run_worker_process(cfg: WorkerConfig) -> None:
     """Entry point of a local worker process (multiprocessing target)."""
+    keep_batch_buffers()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {cfg.worker_id} %(levelname)s %(message)s")
     sys.exit(run_worker(cfg))
