@@ -49,6 +49,8 @@ PRESETS: dict[str, ArchConfig] = {
     # Open-Unmix (the package's model; UMX's published size)
     "openunmix": UMXConfig(),
     "openunmix-tiny": UMXConfig(n_fft=1024, hop=256, hidden=64, layers=1),
+    # the CPU quality recipe's model (docs/benchmarks.md): 1.4 M parameters, 0.22 s per step on 2 cores
+    "openunmix-small": UMXConfig(n_fft=1024, hop=256, hidden=128, layers=2),
     # Demucs (the package's models); the segment comes from the stream
     "htdemucs": DemucsConfig(),
     "htdemucs-tiny": DemucsConfig(channels=8, depth=4, nfft=1024, t_layers=1, t_heads=2),
