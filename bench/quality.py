@@ -17,7 +17,8 @@ excerpts, and the validation curves of all variants as one PNG.
 Variants (``VARIANTS``): ``raw`` (no gain staging, no level balance, MAE: the seed's recipe),
 ``gain`` (+ gain staging), ``balance`` (+ level balance), ``mrstft`` (+ mae+mrstft loss),
 ``remix`` (+ gain/sign remix and re-pairing across the batch), ``full`` (= remix), ``cosine``
-(``mrstft`` with 50 warm-up steps and a cosine LR decay to 0 at ``--steps``). CPU figures
+(``mrstft`` with 50 warm-up steps and a cosine LR decay to 0 at ``--steps``), ``cosine-sisdr``
+(+ an SI-SDR term: ``mae+mrstft+0.1*sisdr``). CPU figures
 depend on how busy the machine is: the JSON records steps done and the load average.
 """
 from __future__ import annotations
@@ -60,6 +61,7 @@ VARIANTS = {
     "remix": {"gain": "rms", "balance": True, "loss": "mae+mrstft", "remix": True, "remix_across": True},
 }
 VARIANTS["cosine"] = {**VARIANTS["mrstft"], "lr_schedule": "cosine", "warmup_steps": 50}
+VARIANTS["cosine-sisdr"] = {**VARIANTS["cosine"], "loss": "mae+mrstft+0.1*sisdr"}
 VARIANTS["full"] = VARIANTS["remix"]
 
 
