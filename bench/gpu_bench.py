@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import torch  # noqa: E402
 
+from gpu_env import environment  # noqa: E402
 from gpu_quality import amp_agreement, training_summary  # noqa: E402
 from gpu_stream import StreamSession, phase_figures  # noqa: E402
 from stream import greedy_rate  # noqa: E402
@@ -47,9 +47,6 @@ log = logging.getLogger("gpu-bench")
 SCHEMA = "stemstream-gpu-bench/1"
 SHARES = {"steps": 0.28, "stream": 0.62, "train_eval": 1.0}     # deadlines, as shares of the limit
 REUSE_STEPS = ("1", "2", "4", "auto")
-# which libfluidsynth pyfluidsynth loaded, and every shared object mapped after that
-FLUIDSYNTH_CHECK = ("import fluidsynth, json; print(json.dumps({'lib': fluidsynth.lib, 'mapped': sorted("
-                    "{l.split()[-1] for l in open('/proc/self/maps') if '.so' in l})}))")
 
 
 @dataclass(frozen=True)
@@ -321,40 +318,6 @@ def part_train_eval(ctx: Context, until: float) -> dict:
 
 # --- the run -----------------------------------------------------------------------------------
 
-def _nvidia_smi() -> str | None:
-    try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm,"
-                               "power.limit", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
-
-
-def environment(cfg: BenchConfig, manifest: dict, install: dict) -> dict:
-    """The box, the software and the bundle, as this run saw them."""
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "cores": len(os.sched_getaffinity(0)), "glibc": os.confstr("CS_GNU_LIBC_VERSION"),
-           "host": platform.node(), "nvidia_smi": _nvidia_smi(), "bundle": {
-               k: manifest.get(k) for k in ("commit", "built", "source", "glibc_min", "mib")},
-           "wheels_installed": install.get("installed"), "wheels_present": install.get("present")}
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        env.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
-                   gpu_memory_gib=round(props.total_memory / 2**30, 1))
-    # in a child: this process compiles in part 1 and keeps its loaded libraries clean until then.
-    # System copies of bundled sonames are those Python had loaded itself (libffi, liblzma, ...).
-    check = subprocess.run([sys.executable, "-c", FLUIDSYNTH_CHECK], capture_output=True, text=True, timeout=60)
-    if check.returncode == 0:
-        seen = json.loads(check.stdout)
-        bundled = (cfg.soundfont.parents[1] / "lib" / "LOAD_ORDER").read_text().split()
-        env["fluidsynth_lib"] = seen["lib"]
-        env["fluidsynth_system_copies"] = [p for p in seen["mapped"] if any(
-            Path(p).name.startswith(name) for name in bundled) and not p.startswith(str(cfg.soundfont.parents[1]))]
-    else:                                           # parts 2 and 3 will fail; part 1 still runs
-        env["fluidsynth_error"] = check.stderr.strip()[-600:]
-    return env
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("gpu-results"), help="results folder")
@@ -379,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"schema": SCHEMA, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "dry_run": cfg.dry_run, "time_limit_s": cfg.time_limit,
               "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "work")},
-              "environment": environment(cfg, manifest, install), "parts": {}}
+              "environment": environment(cfg.soundfont, manifest, install), "parts": {}}
     ctx = Context(cfg, result)
     if cfg.dry_run:
         torch.set_num_threads(1)                    # as `trainer train` on a CPU
