@@ -4,10 +4,12 @@ against a bare ZeroMQ PUSH/PULL of the same bytes, measured alternately in one r
 The stream sender runs in a subprocess (a ROUTER socket speaking the stream protocol, drawing
 batches from a full pool whose reuse limit is never reached); the StreamClient consumes in this
 process. The bare sender pushes batch-sized frames (copy=False: no gather, no header, no
-validation); a PULL socket here counts the bytes. Two bare baselines: "hot" re-sends one buffer
-(it stays in the CPU cache; the issue's baseline, the goal is stream >= 0.8 of it) and "cold"
+validation); a PULL socket here counts the bytes. Three bare baselines: "hot" re-sends one buffer
+(it stays in the CPU cache; the issue's baseline, the goal is stream >= 0.8 of it), "cold"
 sends consecutive slices of a buffer as large as the sender's pool (memory read from DRAM, as a
-server must read its pool). Prints, per round and as the median, bytes/s of all three and the
+server must read its pool) and "gather" sends batches drawn from a pool like the stream's (the
+random gather a shuffled pool needs, without header, credit or client: the stream's ceiling on
+this machine). Prints, per round and as the median, bytes/s of all four and the
 ratios, then the CPU milliseconds per batch of every thread of both ends (Linux /proc) and the
 sender's stages (pool draw, encode, send call) and the client's decode, per batch.
 
@@ -119,21 +121,31 @@ def serve(spec: BatchSpec, capacity: int, ports: mp.Queue, stop: mp.Event, heap:
     ctx.term()
 
 
-def bare_sender(nbytes: int, source_bytes: int, ports: mp.Queue, stop: mp.Event, heap: str) -> None:
-    """PUSH ``nbytes`` frames until ``stop``: consecutive slices of one ``source_bytes`` buffer
-    (= ``nbytes``: the same buffer again and again); then puts CPU ms per message by thread."""
+def bare_sender(nbytes: int, source: str, spec: BatchSpec, args: argparse.Namespace, ports: mp.Queue,
+                stop: mp.Event) -> None:
+    """PUSH ``nbytes`` frames until ``stop``, then put CPU ms per message by thread. ``source``:
+    "hot" one buffer again and again, "cold" consecutive slices of a pool-sized buffer, "gather"
+    ``pool.draw`` of a full pool (batch = ``nbytes`` of ``spec`` chunks). At most ``prefetch``
+    messages wait in ZeroMQ, as the stream's credit allows (a gather far ahead of the wire would
+    measure page faults, not the transport)."""
+    heap, capacity = args.heap, args.capacity
     set_heap(heap)
-    source = np.random.default_rng(0).integers(0, 255, max(source_bytes, nbytes), dtype=np.uint8)
-    slices = [source[i:i + nbytes] for i in range(0, source.size - nbytes + 1, nbytes)]
+    if source == "gather":
+        pool, batch = filled_pool(spec, capacity, seed=0), nbytes // spec_chunk_bytes(spec)
+    size = nbytes if source == "hot" else capacity * spec_chunk_bytes(spec)
+    data = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
+    slices = [data[i:i + nbytes] for i in range(0, data.size - nbytes + 1, nbytes)]
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, args.prefetch)
     sock.setsockopt(zmq.SNDTIMEO, 100)
     ports.put(sock.bind_to_random_port("tcp://127.0.0.1"))
     sent, threads = 0, thread_cpu()
     while not stop.is_set():
         try:
-            sock.send(slices[sent % len(slices)], copy=False)
+            frame = pool.draw(batch, "bare")[0] if source == "gather" else slices[sent % len(slices)]
+            sock.send(frame, copy=False)
             sent += 1
         except zmq.Again:
             pass
@@ -148,23 +160,25 @@ def set_heap(heap: str) -> None:
         raise SystemExit("--heap tuned needs glibc")
 
 
-def bare_rate(nbytes: int, source_bytes: int, seconds: float, heap: str) -> dict:
+def bare_rate(nbytes: int, source: str, spec: BatchSpec, args: argparse.Namespace) -> dict:
     """Bytes/s a bare PULL socket receives from ``bare_sender`` over TCP loopback, and the CPU
     milliseconds per message of each thread of both sides (the sender's counts its warm-up too)."""
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
-    sender = ctx.Process(target=bare_sender, args=(nbytes, source_bytes, ports, stop, heap), daemon=True)
+    sender = ctx.Process(target=bare_sender, args=(nbytes, source, spec, args, ports, stop),
+                         daemon=True)
     sender.start()
     zctx = zmq.Context()
     sock = zctx.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, args.prefetch)
     sock.connect(f"tcp://127.0.0.1:{ports.get(timeout=120)}")
     try:
         warm = time.perf_counter()
         while time.perf_counter() - warm < 1.0:
             sock.recv(copy=False)
         got, start, threads = 0, time.perf_counter(), thread_cpu()
-        while time.perf_counter() - start < seconds:
+        while time.perf_counter() - start < args.seconds:
             got += len(sock.recv(copy=False))
         out = {"bytes_s": got / (time.perf_counter() - start), "recv": cpu_ms_per(threads, got // nbytes)}
     finally:
@@ -248,25 +262,28 @@ def main() -> None:
     print(f"dtype {args.dtype}, batch {args.batch_size} ({nbytes / 1e6:.2f} MB), prefetch {args.prefetch}, "
           f"window {spec.window}, pool {pool_bytes / 1e6:.0f} MB, to_torch {args.to_torch}, "
           f"heap {args.heap}, {args.rounds} rounds of {args.seconds:g} s, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'round':>5} {'bare hot GB/s':>14} {'bare cold GB/s':>15} {'stream GB/s':>12} "
-          f"{'stream/hot':>11} {'stream/cold':>12} {'chunks/s':>9} {'wait':>6}")
-    rows: dict[str, list] = {"hot": [], "cold": [], "stream": []}
+    print(f"{'round':>5} {'bare hot GB/s':>14} {'bare cold GB/s':>15} {'bare gather GB/s':>17} {'stream GB/s':>12} "
+          f"{'stream/hot':>11} {'gather/hot':>11} {'stream/gather':>14} {'chunks/s':>9} {'wait':>6}")
+    rows: dict[str, list] = {"hot": [], "cold": [], "gather": [], "stream": []}
     for r in range(args.rounds):
-        rows["hot"].append(bare_rate(nbytes, nbytes, args.seconds, args.heap))
-        rows["cold"].append(bare_rate(nbytes, pool_bytes, args.seconds, args.heap))
+        for source in ("hot", "cold", "gather"):
+            rows[source].append(bare_rate(nbytes, source, spec, args))
         rows["stream"].append(stream_round(spec, args))
-        hot, cold, row = (rows[k][-1]["bytes_s"] for k in rows)
-        print(f"{r + 1:5d} {hot / 1e9:14.2f} {cold / 1e9:15.2f} {row / 1e9:12.2f} {row / hot:11.2f} "
-              f"{row / cold:12.2f} {rows['stream'][-1]['chunks_s']:9.0f} {rows['stream'][-1]['wait']:6.1%}",
-              flush=True)
+        hot, cold, gather, row = (rows[k][-1]["bytes_s"] for k in rows)
+        print(f"{r + 1:5d} {hot / 1e9:14.2f} {cold / 1e9:15.2f} {gather / 1e9:17.2f} {row / 1e9:12.2f} "
+              f"{row / hot:11.2f} {gather / hot:11.2f} {row / gather:14.2f} "
+              f"{rows['stream'][-1]['chunks_s']:9.0f} {rows['stream'][-1]['wait']:6.1%}", flush=True)
     med = {k: float(np.median([row["bytes_s"] for row in v])) for k, v in rows.items()}
-    ratio = {k: float(np.median([s["bytes_s"] / b["bytes_s"] for s, b in zip(rows["stream"], rows[k])]))
-             for k in ("hot", "cold")}
+
+    def ratio(a: str, b: str) -> float:
+        return float(np.median([x["bytes_s"] / y["bytes_s"] for x, y in zip(rows[a], rows[b])]))
+
     streams = rows["stream"]
-    print(f"median: bare hot {med['hot'] / 1e9:.2f} GB/s, bare cold {med['cold'] / 1e9:.2f} GB/s, stream "
-          f"{med['stream'] / 1e9:.2f} GB/s ({np.median([s['chunks_s'] for s in streams]):.0f} chunks/s); "
-          f"stream/bare hot {ratio['hot']:.2f} (goal >= 0.8), stream/bare cold {ratio['cold']:.2f}; "
-          f"malformed {sum(s['malformed'] for s in streams)}")
+    print(f"median: bare hot {med['hot'] / 1e9:.2f} GB/s, bare cold {med['cold'] / 1e9:.2f} GB/s, bare gather "
+          f"{med['gather'] / 1e9:.2f} GB/s, stream {med['stream'] / 1e9:.2f} GB/s "
+          f"({np.median([s['chunks_s'] for s in streams]):.0f} chunks/s); stream/bare hot {ratio('stream', 'hot'):.2f} "
+          f"(goal >= 0.8), stream/bare cold {ratio('stream', 'cold'):.2f}, bare gather/hot {ratio('gather', 'hot'):.2f}, "
+          f"stream/bare gather {ratio('stream', 'gather'):.2f}; malformed {sum(s['malformed'] for s in streams)}")
     print("CPU ms per batch-sized message by thread (median of rounds; ZeroMQ's I/O threads included):")
     for path, v in rows.items():
         for end in ("send", "recv"):
