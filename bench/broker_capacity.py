@@ -9,10 +9,11 @@ For each (K, C, R) the bench measures over a window, after a warm-up:
 - broker process CPU (all its threads, from /proc) per second of wall time and per chunk;
 - round-trip latency of `stats` and of `ctl set reuse` (the same value: no change) under load.
 
-Broker CPU = a * chunks_in + b * chunks_out + c * seconds is fitted over all runs (R = 1 and R = 4
-separate a from b); the fit says how many trainers one broker core can feed. Everything here
-shares the machine's cores (the broker is not alone), so rates are a floor and CPU per chunk is the
-figure that carries over.
+The broker's CPU is read per thread: its main (Python) thread is the serial limit, libzmq's I/O
+threads run beside it. The CPU per chunk delivered to a client (ingest included, everything
+counted: a fit with an idle term needs runs at very different rates, and here every run fills the
+machine) says how many trainers one broker feeds. Everything shares the machine's cores (the
+broker is not alone), so rates are a floor and CPU per chunk is the figure that carries over.
 
     .venv/bin/python bench/broker_capacity.py                       # the default grid, ~3 min
     .venv/bin/python bench/broker_capacity.py --grid 32x8 --reuse 1 --seconds 5
@@ -101,9 +102,19 @@ def client_process(address: str, batch: int, stop) -> None:
                 pass
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK      # utime + stime, all threads
+def cpu_seconds(pid: int) -> np.ndarray:
+    """CPU seconds (utime + stime) of process ``pid``: [all threads, its main (Python) thread, ZeroMQ's
+    I/O threads]. The main thread is the serial limit; libzmq's I/O threads run beside it."""
+    out = np.zeros(3)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue          # the thread ended meanwhile
+        comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLK
+        out += [cpu, cpu if int(task.name) == pid else 0.0, cpu if comm.startswith("ZMQbg/IO") else 0.0]
+    return out
 
 
 class Ctl:
@@ -173,18 +184,11 @@ def run_one(k: int, c: int, reuse: int, seconds: float, warmup: float, pool_size
     wall = t1 - t0
     chunks_in = s1["totals"]["received"] - s0["totals"]["received"]
     chunks_out = s1["totals"]["served"] - s0["totals"]["served"]
-    cpu = cpu1 - cpu0
+    cpu, cpu_main, cpu_io = cpu1 - cpu0
     return {"K": k, "C": c, "R": reuse, "wall": wall, "in": chunks_in, "out": chunks_out, "cpu": cpu,
+            "cpu_main": cpu_main, "cpu_io": cpu_io,
             "stats_ms": np.percentile(stats_lat, [50, 99]) * 1e3, "ctl_ms": np.percentile(ctl_lat, [50, 99]) * 1e3,
             "starved": max((x["starved_share"] for x in s1["clients"]), default=0.0)}
-
-
-def fit(rows: list[dict]) -> np.ndarray:
-    """Least squares of broker CPU seconds = a * chunks_in + b * chunks_out + c * wall seconds."""
-    x = np.array([[r["in"], r["out"], r["wall"]] for r in rows], dtype=float)
-    y = np.array([r["cpu"] for r in rows], dtype=float)
-    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    return coef
 
 
 def main() -> None:
@@ -200,8 +204,8 @@ def main() -> None:
     reuses = [int(r) for r in args.reuse.split(",")]
     print(f"{os.cpu_count()} cores shared by the broker, K workers and C clients; window {args.seconds:g} s; "
           "geometry 4 stems x 12602 samples float16 (100.8 kB per chunk), client batch 12")
-    print(f"{'K':>3} {'C':>2} {'R':>2} {'in/s':>8} {'out/s':>8} {'MB/s out':>9} {'broker CPU':>10} "
-          f"{'us/chunk in+out':>15} {'stats p50/p99 ms':>17} {'ctl p50/p99 ms':>15} {'starved':>7}")
+    print(f"{'K':>3} {'C':>2} {'R':>2} {'in/s':>8} {'out/s':>8} {'MB/s out':>9} {'broker CPU':>10} {'main':>5} "
+          f"{'zmq I/O':>7} {'us/chunk in+out':>15} {'stats p50/p99 ms':>17} {'ctl p50/p99 ms':>15} {'starved':>7}")
     rows = []
     for k, c in grid:
         for r in reuses:
@@ -210,17 +214,20 @@ def main() -> None:
             w = row["wall"]
             per = 1e6 * row["cpu"] / max(1, row["in"] + row["out"])
             print(f"{k:3d} {c:2d} {r:2d} {row['in'] / w:8.0f} {row['out'] / w:8.0f} "
-                  f"{row['out'] * 100.8e3 / w / 1e6:9.0f} {row['cpu'] / w:9.0%}  {per:15.1f} "
+                  f"{row['out'] * 100.8e3 / w / 1e6:9.0f} {row['cpu'] / w:9.0%}  {row['cpu_main'] / w:4.0%} "
+                  f"{row['cpu_io'] / w:7.0%} {per:15.1f} "
                   f"{row['stats_ms'][0]:8.2f}/{row['stats_ms'][1]:<8.2f} {row['ctl_ms'][0]:7.2f}/{row['ctl_ms'][1]:<7.2f} "
                   f"{row['starved']:7.0%}", flush=True)
-    a, b, idle = fit(rows)
-    print(f"\nfit over {len(rows)} runs: broker CPU = {a * 1e6:.1f} us per chunk in + {b * 1e6:.1f} us per chunk "
-          f"out + {idle:.3f} core idle")
-    for r in (1, 4):
-        per_trainer = TRAINER_RATE * (a / r + b)     # core-seconds per second for one trainer
-        print(f"R={r}: one trainer at {TRAINER_RATE} chunks/s costs the broker {per_trainer:.0%} of a core "
-              f"-> {0.8 / per_trainer:.1f} trainers per broker at 80 % of one core")
-
+    print("\nCPU per chunk delivered to a client (its ingest included; all CPU counted, idle or not):")
+    for r in reuses:
+        mine = [row for row in rows if row["R"] == r]
+        main = float(np.median([row["cpu_main"] / max(1, row["out"]) for row in mine]))
+        whole = float(np.median([row["cpu"] / max(1, row["out"]) for row in mine]))
+        # the main thread is serial; libzmq's I/O threads can take other cores
+        print(f"R={r}: main thread {main * 1e6:.1f} us, all threads {whole * 1e6:.1f} us (median of {len(mine)} runs) "
+              f"-> one trainer at {TRAINER_RATE} chunks/s takes {TRAINER_RATE * main:.0%} of the main thread's core "
+              f"({TRAINER_RATE * whole:.0%} of a core all threads): {0.8 / (TRAINER_RATE * main):.1f} trainers "
+              f"per broker at 80 % of that core")
 
 if __name__ == "__main__":
     main()
