@@ -113,6 +113,7 @@ def kill_a_worker(stats: dict, serve_pid: int, rng: np.random.Generator) -> str 
 
 def soak(args: argparse.Namespace, tmp: Path) -> dict:
     rng = np.random.default_rng(args.seed)
+    (tmp / "corpus").mkdir()      # an existing empty folder gets the demo corpus
     proc, address, log = start_serve(tmp / "corpus", tmp / "serve.log", args.pool_size, args.seed)
     control = ControlClient(address)
     result: dict = {"address": address, "kills": 0, "killed": []}
