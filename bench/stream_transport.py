@@ -21,6 +21,7 @@ sender's stages (pool draw, encode, send call) and the client's decode, per batc
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import threading
@@ -128,13 +129,14 @@ def bare_sender(nbytes: int, source: str, spec: BatchSpec, args: argparse.Namesp
     ``pool.draw`` of a full pool (batch = ``nbytes`` of ``spec`` chunks). At most ``prefetch``
     messages wait in ZeroMQ, as the stream's credit allows (a gather far ahead of the wire would
     measure page faults, not the transport)."""
-    heap, capacity = args.heap, args.capacity
-    set_heap(heap)
+    set_heap(args.heap)
     if source == "gather":
-        pool, batch = filled_pool(spec, capacity, seed=0), nbytes // spec_chunk_bytes(spec)
-    size = nbytes if source == "hot" else capacity * spec_chunk_bytes(spec)
-    data = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
-    slices = [data[i:i + nbytes] for i in range(0, data.size - nbytes + 1, nbytes)]
+        pool, batch = filled_pool(spec, args.capacity, seed=0), nbytes // spec_chunk_bytes(spec)
+        frames = (pool.draw(batch, "bare")[0] for _ in itertools.repeat(None))
+    else:
+        size = nbytes if source == "hot" else args.capacity * spec_chunk_bytes(spec)
+        data = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
+        frames = itertools.cycle([data[i:i + nbytes] for i in range(0, data.size - nbytes + 1, nbytes)])
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
@@ -144,8 +146,7 @@ def bare_sender(nbytes: int, source: str, spec: BatchSpec, args: argparse.Namesp
     sent, threads = 0, thread_cpu()
     while not stop.is_set():
         try:
-            frame = pool.draw(batch, "bare")[0] if source == "gather" else slices[sent % len(slices)]
-            sock.send(frame, copy=False)
+            sock.send(next(frames), copy=False)
             sent += 1
         except zmq.Again:
             pass
