@@ -6,7 +6,8 @@ StreamClient (batch 12, prefetch 4: the trainer's defaults) that take batches as
 For each (K, C, R) the bench measures over a window, after a warm-up:
 
 - chunks/s in (stored in the pool) and out (served to clients), from the broker's own totals;
-- broker process CPU (all its threads, from /proc) per second of wall time and per chunk;
+- broker CPU (all its threads, its main thread, its ZeroMQ I/O threads, from /proc) per second of
+  wall time and per chunk;
 - round-trip latency of `stats` and of `ctl set reuse` (the same value: no change) under load.
 
 The broker's CPU is read per thread: its main (Python) thread is the serial limit, libzmq's I/O
@@ -228,6 +229,7 @@ def main() -> None:
               f"-> one trainer at {TRAINER_RATE} chunks/s takes {TRAINER_RATE * main:.0%} of the main thread's core "
               f"({TRAINER_RATE * whole:.0%} of a core all threads): {0.8 / (TRAINER_RATE * main):.1f} trainers "
               f"per broker at 80 % of that core")
+
 
 if __name__ == "__main__":
     main()
