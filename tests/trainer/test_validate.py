@@ -77,7 +77,7 @@ def test_seed_bf16_matches_fp32_with_gain_staging_at_init_and_after_training(rea
     torch.manual_seed(0)
     model = build_model(preset("seed")).eval()
     stems = torch.from_numpy(real_chunks[:2])
-    mixture = stems.sum(dim=1, keepdim=True)
+    mixture = stems[:1].sum(dim=1, keepdim=True)    # one chunk: bf16 is emulated, 30x slower, on CPUs without it
     staged = _bf16_vs_fp32(model, mixture, GainStaging(), 4410)
     raw = _bf16_vs_fp32(model, mixture, GainStaging(mode="none"), 4410)
     assert staged >= 35.0 and staged > raw + 2.0, (staged, raw)
