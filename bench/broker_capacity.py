@@ -36,9 +36,9 @@ import zmq
 
 from synth_server.client import StreamClient
 from synth_server.protocol import BatchSpec, decode, encode, encode_batch, to_wire
+from thread_cpu import task_cpu
 
 SEND_BATCH = 32            # chunks per "chunks" message (the real worker's send_batch)
-CLK = os.sysconf("SC_CLK_TCK")
 TRAINER_RATE = 2400        # chunks/s of one H200-class trainer (seed model, batch 12, 30 % MFU)
 
 
@@ -107,14 +107,8 @@ def cpu_seconds(pid: int) -> np.ndarray:
     """CPU seconds (utime + stime) of process ``pid``: [all threads, its main (Python) thread, ZeroMQ's
     I/O threads]. The main thread is the serial limit; libzmq's I/O threads run beside it."""
     out = np.zeros(3)
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue          # the thread ended meanwhile
-        comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / CLK
-        out += [cpu, cpu if int(task.name) == pid else 0.0, cpu if comm.startswith("ZMQbg/IO") else 0.0]
+    for tid, (comm, cpu) in task_cpu(pid).items():
+        out += [cpu, cpu if tid == pid else 0.0, cpu if comm.startswith("ZMQbg/IO") else 0.0]
     return out
 
 

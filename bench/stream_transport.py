@@ -27,7 +27,6 @@ import os
 import threading
 import time
 import timeit
-from pathlib import Path
 
 import numpy as np
 import zmq
@@ -38,6 +37,7 @@ from synth_server.heap import keep_batch_buffers
 from trainer.data import stems_to_torch
 from synth_server.serve.pool import ReusePool
 from synth_server.protocol import BatchSpec, decode, decode_batch, encode, encode_batch, to_wire
+from thread_cpu import task_cpu
 
 STEMS = ("drums", "piano", "strings", "bass")
 
@@ -61,19 +61,10 @@ def thread_cpu() -> dict[str, float]:
     names = {t.native_id: t.name for t in threading.enumerate()}
     if getattr(zmq_gc, "thread", None) is not None:
         names[zmq_gc.thread.native_id] = "pyzmq-gc"
-    try:
-        tids = os.listdir("/proc/self/task")
-    except OSError:
-        return {}
     out: dict[str, float] = {}
-    for tid in tids:
-        try:
-            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
-        except OSError:
-            continue       # the thread ended meanwhile
-        comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        name = names.get(int(tid), comm)
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for tid, (comm, cpu) in task_cpu(os.getpid()).items():
+        name = names.get(tid, comm)
+        out[name] = out.get(name, 0.0) + cpu
     return out
 
 
