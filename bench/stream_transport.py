@@ -15,7 +15,8 @@ sender's stages (pool draw, encode, send call) and the client's decode, per batc
 
     .venv/bin/python bench/stream_transport.py --seconds 5 --rounds 3 --dtype float16 [--heap default]
 
-``--heap`` sets glibc's malloc thresholds in every process of the run, both paths alike:
+``--header-once`` (a diagnostic) sends the stream's first batch header with every batch: what a
+header that cost nothing to encode would gain. ``--heap`` sets glibc's malloc thresholds in every process of the run, both paths alike:
 ``tuned`` (default) as ``synth-server`` and ``trainer`` set them, ``default`` glibc's own.
 """
 from __future__ import annotations
@@ -73,8 +74,11 @@ def cpu_ms_per(before: dict[str, float], n: int) -> dict[str, float]:
     return {k: (v - before.get(k, 0.0)) / max(n, 1) * 1e3 for k, v in thread_cpu().items() if v > before.get(k, 0.0)}
 
 
-def serve(spec: BatchSpec, capacity: int, ports: mp.Queue, stop: mp.Event, heap: str) -> None:
-    """Sender process: answer hello with welcome, send pool batches against client credit."""
+def serve(spec: BatchSpec, capacity: int, ports: mp.Queue, stop: mp.Event, heap: str,
+          header_once: bool) -> None:
+    """Sender process: answer hello with welcome, send pool batches against client credit.
+    ``header_once``: encode the first batch's header and send it with every batch (the client
+    still decodes and validates it): what the stream would gain if its header cost nothing."""
     set_heap(heap)
     pool = filled_pool(spec, capacity, seed=0)
     ctx = zmq.Context()
@@ -101,9 +105,13 @@ def serve(spec: BatchSpec, capacity: int, ports: mp.Queue, stop: mp.Event, heap:
                 t0 = time.perf_counter()
                 stems, chunks = pool.draw(entry[1], entry[2])
                 t1 = time.perf_counter()
-                frames = encode_batch("batch", spec, stems, chunks)
+                if header_once and sent:
+                    out = [head, stems]
+                else:
+                    out = encode_batch("batch", spec, stems, chunks)
+                    head = out[0]
                 t2 = time.perf_counter()
-                sock.send_multipart([ident, *frames], copy=False)
+                sock.send_multipart([ident, *out], copy=False)
                 for key, dt in zip(stages, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
                     stages[key] += dt
                 entry[0] -= 1
@@ -212,7 +220,8 @@ def stream_round(spec: BatchSpec, args: argparse.Namespace) -> dict:
     """One stream measurement: sender process + StreamClient, ``args.seconds`` after a warm-up."""
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
-    sender = ctx.Process(target=serve, args=(spec, args.capacity, ports, stop, args.heap), daemon=True)
+    sender = ctx.Process(target=serve, daemon=True,
+                         args=(spec, args.capacity, ports, stop, args.heap, args.header_once))
     sender.start()
     port = ports.get(timeout=120)
     with StreamClient(f"tcp://127.0.0.1:{port}", args.batch_size, args.prefetch, timeout=30.0) as client:
@@ -247,13 +256,15 @@ def main() -> None:
     parser.add_argument("--to-torch", action="store_true", help="also cast each batch with to_torch")
     parser.add_argument("--heap", choices=["tuned", "default"], default="tuned",
                         help="glibc malloc thresholds of both ends: as the CLIs set them, or glibc's defaults")
+    parser.add_argument("--header-once", action="store_true",
+                        help="diagnostic: the stream's sender reuses its first batch header (no encode cost)")
     args = parser.parse_args()
     set_heap(args.heap)
     spec = BatchSpec(44100, 4410, 4096, STEMS, args.dtype)
     nbytes, pool_bytes = args.batch_size * spec_chunk_bytes(spec), args.capacity * spec_chunk_bytes(spec)
     print(f"dtype {args.dtype}, batch {args.batch_size} ({nbytes / 1e6:.2f} MB), prefetch {args.prefetch}, "
           f"window {spec.window}, pool {pool_bytes / 1e6:.0f} MB, to_torch {args.to_torch}, "
-          f"heap {args.heap}, {args.rounds} rounds of {args.seconds:g} s, load average {os.getloadavg()[0]:.1f}")
+          f"heap {args.heap}, header once {args.header_once}, {args.rounds} rounds of {args.seconds:g} s, load average {os.getloadavg()[0]:.1f}")
     print(f"{'round':>5} {'bare hot GB/s':>14} {'bare cold GB/s':>15} {'bare gather GB/s':>17} {'stream GB/s':>12} "
           f"{'stream/hot':>11} {'gather/hot':>11} {'stream/gather':>14} {'chunks/s':>9} {'wait':>6}")
     rows: dict[str, list] = {"hot": [], "cold": [], "gather": [], "stream": []}
