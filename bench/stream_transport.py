@@ -16,8 +16,9 @@ sender's stages (pool draw, encode, send call) and the client's decode, per batc
     .venv/bin/python bench/stream_transport.py --seconds 5 --rounds 3 --dtype float16 [--heap default]
 
 ``--header-once`` (a diagnostic) sends the stream's first batch header with every batch: what a
-header that cost nothing to encode would gain. ``--heap`` sets glibc's malloc thresholds in every process of the run, both paths alike:
-``tuned`` (default) as ``synth-server`` and ``trainer`` set them, ``default`` glibc's own.
+header that cost nothing to encode would gain. ``--heap`` sets glibc's malloc thresholds in every
+process of the run, both paths alike: ``tuned`` (default) as ``synth-server`` and ``trainer`` set
+them, ``default`` glibc's own.
 """
 from __future__ import annotations
 
@@ -264,7 +265,8 @@ def main() -> None:
     nbytes, pool_bytes = args.batch_size * spec_chunk_bytes(spec), args.capacity * spec_chunk_bytes(spec)
     print(f"dtype {args.dtype}, batch {args.batch_size} ({nbytes / 1e6:.2f} MB), prefetch {args.prefetch}, "
           f"window {spec.window}, pool {pool_bytes / 1e6:.0f} MB, to_torch {args.to_torch}, "
-          f"heap {args.heap}, header once {args.header_once}, {args.rounds} rounds of {args.seconds:g} s, load average {os.getloadavg()[0]:.1f}")
+          f"heap {args.heap}, header once {args.header_once}, {args.rounds} rounds of {args.seconds:g} s, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'round':>5} {'bare hot GB/s':>14} {'bare cold GB/s':>15} {'bare gather GB/s':>17} {'stream GB/s':>12} "
           f"{'stream/hot':>11} {'gather/hot':>11} {'stream/gather':>14} {'chunks/s':>9} {'wait':>6}")
     rows: dict[str, list] = {"hot": [], "cold": [], "gather": [], "stream": []}
